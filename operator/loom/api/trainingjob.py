@@ -1,0 +1,170 @@
+"""TrainingJob: a gang of pods running distributed (torchrun-style) training."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from loom.api.common import (
+    Condition,
+    KubeModel,
+    PrinterColumn,
+    Resource,
+    ResourceInfo,
+    cel,
+    pod_template_field,
+)
+
+
+class RestartPolicy(StrEnum):
+    NEVER = "Never"
+    ON_FAILURE = "OnFailure"
+    EXIT_CODE = "ExitCode"
+
+
+class CleanPodPolicy(StrEnum):
+    NONE = "None"
+    RUNNING = "Running"
+    ALL = "All"
+
+
+class TrainingPhase(StrEnum):
+    PENDING = "Pending"
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class ReplicaSpec(KubeModel):
+    """One role of the gang (e.g. master, worker): how many pods and what they run."""
+
+    replicas: int = Field(default=1, ge=0, le=10000, description="Number of pods of this role.")
+    restartPolicy: RestartPolicy = Field(
+        default=RestartPolicy.ON_FAILURE,
+        description=(
+            "Never: any failure fails the job. OnFailure: any failure restarts the gang (up to "
+            "runPolicy.backoffLimit). ExitCode: exit codes 1-127 are permanent, 128-255 retryable."
+        ),
+    )
+    template: dict[str, Any] = pod_template_field("Pod template of this role's pods.")
+
+
+class ElasticPolicy(KubeModel):
+    """Elastic training: start with minReplicas workers and grow to maxReplicas as GPUs free up."""
+
+    model_config = cel(
+        {
+            "rule": "self.minReplicas <= self.maxReplicas",
+            "message": "elastic.minReplicas must be <= elastic.maxReplicas",
+        }
+    )
+
+    minReplicas: int = Field(ge=1, description="Fewest nodes the job may run with.")
+    maxReplicas: int = Field(ge=1, description="Most nodes the job may grow to.")
+    maxRestarts: int = Field(default=10, ge=0, description="torchrun --max-restarts for each node.")
+
+
+class RunPolicy(KubeModel):
+    """How the job as a whole runs: retries, deadlines, cleanup, suspension, gang scheduling."""
+
+    backoffLimit: int = Field(default=3, ge=0, description="Gang restarts allowed before the job Fails.")
+    activeDeadlineSeconds: int | None = Field(
+        default=None, ge=1, description="Seconds the job may run before it Fails with DeadlineExceeded."
+    )
+    ttlSecondsAfterFinished: int | None = Field(
+        default=None, ge=0, description="Delete the job this many seconds after it Succeeded or Failed."
+    )
+    cleanPodPolicy: CleanPodPolicy = Field(
+        default=CleanPodPolicy.RUNNING,
+        description="Pods deleted when the job finishes: None, Running (still running ones), All.",
+    )
+    suspend: bool = Field(default=False, description="True deletes the pods and keeps the job (Kueue).")
+    schedulingTimeoutSeconds: int = Field(
+        default=300,
+        ge=1,
+        description="Seconds a gang may wait to be Running before it is released entirely and retried.",
+    )
+    priorityClassName: str | None = Field(default=None, description="PriorityClass of every pod.")
+
+
+class TrainingJobSpec(KubeModel):
+    model_config = cel(
+        {
+            "rule": "!has(self.replicaSpecs.master) || self.replicaSpecs.master.replicas == 1",
+            "message": "replicaSpecs.master.replicas must be 1 (the master is rank 0)",
+        },
+        {
+            "rule": "!has(self.elastic) || self.replicaSpecs.size() == 1",
+            "message": "elastic jobs have exactly one role in replicaSpecs (e.g. worker)",
+        },
+    )
+
+    replicaSpecs: dict[str, ReplicaSpec] = Field(
+        description="Roles of the gang by name (e.g. master, worker). Rank 0 is master[0] if a master "
+        "role exists, else replica 0 of the first role in name order.",
+        json_schema_extra={
+            "minProperties": 1,
+            "maxProperties": 8,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.all(role, role.matches('^[a-z]([-a-z0-9]{0,14}[a-z0-9])?$'))",
+                    "message": "replicaSpecs keys must be lowercase DNS labels of at most 16 characters",
+                }
+            ],
+        },
+    )
+    nprocPerNode: int | None = Field(
+        default=None,
+        ge=1,
+        le=128,
+        description="Processes per pod; defaults to its nvidia.com/gpu request or 1.",
+    )
+    elastic: ElasticPolicy | None = Field(default=None, description="Elastic min/max nodes.")
+    runPolicy: RunPolicy = Field(
+        default_factory=RunPolicy, description="Job-level run policy.", json_schema_extra={"default": {}}
+    )
+
+
+class ReplicaStatus(KubeModel):
+    active: int = 0
+    ready: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class TrainingJobStatus(KubeModel):
+    phase: TrainingPhase | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    replicaStatuses: dict[str, ReplicaStatus] = Field(default_factory=dict)
+    replicas: int = Field(default=0, description="Pods in the current gang.")
+    readyReplicas: int = Field(default=0, description="Pods of the current gang that are Ready.")
+    restartCount: int = Field(default=0, description="Gang restarts so far (counted against backoffLimit).")
+    attempt: int = Field(default=0, description="Index of the current gang; new pods per attempt.")
+    startTime: datetime | None = None
+    completionTime: datetime | None = None
+    observedGeneration: int | None = None
+
+
+class TrainingJob(Resource):
+    info: ClassVar[ResourceInfo] = ResourceInfo(
+        kind="TrainingJob",
+        plural="trainingjobs",
+        short_names=("ltj",),
+        printer_columns=(
+            PrinterColumn("Phase", ".status.phase"),
+            PrinterColumn("Replicas", ".status.replicas", "integer"),
+            PrinterColumn("Ready", ".status.readyReplicas", "integer"),
+            PrinterColumn("Restarts", ".status.restartCount", "integer"),
+            PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
+        ),
+    )
+
+    kind: str = "TrainingJob"
+    spec: TrainingJobSpec
+    status: TrainingJobStatus | None = None

@@ -1,0 +1,60 @@
+"""Starts the operator: every controller, the metrics endpoint, liveness, optional peering."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+CONTROLLER_MODULES = (
+    "loom.controllers.trainingjob",
+    "loom.controllers.inferenceservice",
+    "loom.controllers.featurepipeline",
+)
+
+
+def load_controllers() -> list[str]:
+    """Import each controller module that exists, so its handlers register with Kopf."""
+    loaded = []
+    for name in CONTROLLER_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        loaded.append(name)
+    return loaded
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = "loom.ml/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="loom.ml")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="loom.ml")
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.execution.max_workers = 32
+    settings.networking.request_timeout = 60
+
+
+def run(*, namespaces: list[str], metrics_port: int, peering: str | None, liveness_port: int = 8081) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loaded = load_controllers()
+    logging.getLogger("loom").info("controllers: %s", ", ".join(loaded))
+    if metrics_port:
+        start_http_server(metrics_port)
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=peering is None,
+            peering_name=peering or "default",
+            liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
+        )
+    )

@@ -1,0 +1,222 @@
+"""The one place that talks to the Kubernetes API server.
+
+Server-side apply with one field manager, deletes that tolerate absence, status patches,
+events. Every call retries conflicts (409) and transient server errors a few times.
+Thread-safe: Kopf runs sync handlers in a thread pool and they share one client.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError
+
+from loom import metrics
+
+FIELD_MANAGER = "loom-operator"
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_RETRYABLE = {409, 429, 500, 502, 503, 504}
+_lock = threading.Lock()
+_dynamic: DynamicClient | None = None
+
+
+def load_config() -> None:
+    """In-cluster config inside a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+def dynamic() -> DynamicClient:
+    global _dynamic
+    with _lock:
+        if _dynamic is None:
+            load_config()
+            configuration = client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = 32
+            _dynamic = DynamicClient(client.ApiClient(configuration))
+        return _dynamic
+
+
+def retrying(fn: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        for attempt in range(5):
+            try:
+                return fn(*args, **kwargs)
+            except ApiException as e:
+                if e.status not in _RETRYABLE or attempt == 4:
+                    metrics.API_ERRORS.labels(operation=fn.__name__, code=str(e.status)).inc()
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _resource(api_version: str, kind: str) -> Any:
+    return dynamic().resources.get(api_version=api_version, kind=kind)
+
+
+@retrying
+def apply(obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
+    """Server-side apply of one object; creates it or updates the fields Loom owns."""
+    metrics.API_REQUESTS.labels(operation="apply", kind=obj["kind"]).inc()
+    meta = obj["metadata"]
+    result = _resource(obj["apiVersion"], obj["kind"]).server_side_apply(
+        body=obj,
+        name=meta["name"],
+        namespace=meta.get("namespace"),
+        field_manager=FIELD_MANAGER,
+        force_conflicts=force,
+    )
+    applied: dict[str, Any] = result.to_dict()
+    return applied
+
+
+@retrying
+def create(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """Create one object; None when it already exists (creation is idempotent by name)."""
+    metrics.API_REQUESTS.labels(operation="create", kind=obj["kind"]).inc()
+    try:
+        result = _resource(obj["apiVersion"], obj["kind"]).create(
+            body=obj, namespace=obj["metadata"].get("namespace"), field_manager=FIELD_MANAGER
+        )
+    except ApiException as e:
+        if e.status == 409 and "AlreadyExists" in (e.body or ""):
+            return None
+        raise
+    created: dict[str, Any] = result.to_dict()
+    return created
+
+
+@retrying
+def delete(
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str | None,
+    *,
+    propagation: str = "Background",
+    uid: str | None = None,
+    grace_period_seconds: int | None = None,
+) -> bool:
+    """Delete one object; False when it was already gone. `uid` guards against deleting a successor."""
+    metrics.API_REQUESTS.labels(operation="delete", kind=kind).inc()
+    body: dict[str, Any] = {"propagationPolicy": propagation}
+    if uid:
+        body["preconditions"] = {"uid": uid}
+    if grace_period_seconds is not None:
+        body["gracePeriodSeconds"] = grace_period_seconds
+    try:
+        _resource(api_version, kind).delete(name=name, namespace=namespace, body=body)
+    except (NotFoundError, ApiException) as e:
+        if getattr(e, "status", None) == 404 or isinstance(e, NotFoundError):
+            return False
+        raise
+    return True
+
+
+@retrying
+def get(api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
+    metrics.API_REQUESTS.labels(operation="get", kind=kind).inc()
+    try:
+        found: dict[str, Any] = _resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+    except NotFoundError:
+        return None
+    return found
+
+
+@retrying
+def list_objects(
+    api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
+) -> list[dict[str, Any]]:
+    metrics.API_REQUESTS.labels(operation="list", kind=kind).inc()
+    found = _resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
+    items: list[dict[str, Any]] = found.to_dict().get("items", [])
+    return items
+
+
+@retrying
+def patch(
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str | None,
+    body: dict[str, Any],
+    *,
+    subresource: str | None = None,
+) -> dict[str, Any] | None:
+    """JSON merge patch of an object (or of its status / scale subresource); None when it is gone."""
+    metrics.API_REQUESTS.labels(operation=f"patch{subresource or ''}", kind=kind).inc()
+    resource = _resource(api_version, kind)
+    if subresource:
+        resource = getattr(resource, subresource)
+    try:
+        result = resource.patch(
+            name=name,
+            namespace=namespace,
+            body=body,
+            content_type="application/merge-patch+json",
+            field_manager=FIELD_MANAGER,
+        )
+    except NotFoundError:
+        return None
+    patched: dict[str, Any] = result.to_dict()
+    return patched
+
+
+def event(involved: dict[str, Any], reason: str, message: str, *, type_: str = "Normal") -> None:
+    """Record a Kubernetes event on an object; failures are logged, never raised."""
+    meta = involved["metadata"]
+    now = datetime.now(UTC)
+    body = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace", "default")},
+        "involvedObject": {
+            "apiVersion": involved["apiVersion"],
+            "kind": involved["kind"],
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": type_,
+        "source": {"component": FIELD_MANAGER},
+        "firstTimestamp": now.isoformat(),
+        "lastTimestamp": now.isoformat(),
+        "count": 1,
+    }
+    try:
+        create(body)
+    except ApiException as e:
+        log.warning("could not record event %s on %s: %s", reason, meta["name"], e.reason)
+
+
+def watch_pods(namespace: str | None, label_selector: str) -> Iterator[dict[str, Any]]:
+    """Yield pod events (type + object) for pods matching the selector; for tools and benchmarks."""
+    from kubernetes import watch
+
+    dynamic()
+    v1 = client.CoreV1Api()
+    stream = watch.Watch().stream(
+        v1.list_namespaced_pod if namespace else v1.list_pod_for_all_namespaces,
+        **({"namespace": namespace} if namespace else {}),
+        label_selector=label_selector,
+    )
+    for item in stream:
+        yield {"type": item["type"], "object": client.ApiClient().sanitize_for_serialization(item["object"])}
