@@ -2,7 +2,7 @@
 # Installs the Debian packages Loom's build and tests need, once per machine.
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
-      nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev libssl-dev libxxhash-dev
+      nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev libssl-dev
       redis-server curl)
 missing=()
 for p in "${PKGS[@]}"; do
