@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Starts the local cluster: etcd + kube-apiserver + kube-controller-manager + kube-scheduler
+# (Kubernetes built from Go modules by build.sh) with KWOK simulating nodes and pod lifecycles.
+# Fake nodes: GPU_NODES with nvidia.com/gpu: GPUS_PER_NODE, and CPU_NODES.
+# Prints the kubeconfig path as its last line. Idempotent: an up cluster is reused
+# (its node count adjusted).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+LOOM_HOME=${LOOM_HOME:-$HOME/.cache/loom}
+CLUSTER=${LOOM_CLUSTER:-loom}
+GPU_NODES=${GPU_NODES:-4}
+CPU_NODES=${CPU_NODES:-2}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+BIN=$LOOM_HOME/bin
+STATE=$LOOM_HOME/cluster
+export KWOK_WORKDIR=$LOOM_HOME/kwok
+KUBECONFIG_OUT=$STATE/kubeconfig
+mkdir -p "$STATE"
+
+"$here/build.sh" >/dev/null
+export PATH=$BIN:$PATH
+
+kube_version=$(cat "$BIN/.kube-apiserver.version")
+config=$STATE/kwokctl.yaml
+cat > "$config" <<YAML
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  runtime: binary
+  kubeVersion: $kube_version
+  bindAddress: 127.0.0.1
+  disableQPSLimits: true
+  kubeApiserverBinary: $BIN/kube-apiserver
+  kubeControllerManagerBinary: $BIN/kube-controller-manager
+  kubeSchedulerBinary: $BIN/kube-scheduler
+  kubectlBinary: $BIN/kubectl
+  kwokControllerBinary: $BIN/kwok
+  etcdBinary: $BIN/etcd
+  kubeControllerManagerNodeMonitorGracePeriodMilliseconds: 20000
+YAML
+cat "$here/stages.yaml" >> "$config"
+
+if ! kwokctl get clusters 2>/dev/null | grep -qx "$CLUSTER" || ! kwokctl --name "$CLUSTER" kubectl get --raw /readyz >/dev/null 2>&1; then
+  kwokctl delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+  echo "starting cluster $CLUSTER ($kube_version)" >&2
+  start=$(date +%s.%N)
+  kwokctl create cluster --name "$CLUSTER" --config "$config" --wait 120s --quiet-pull >&2
+  echo "control plane up in $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s" >&2
+fi
+kwokctl get kubeconfig --name "$CLUSTER" > "$KUBECONFIG_OUT"
+export KUBECONFIG=$KUBECONFIG_OUT
+
+nodes() {
+  local i
+  for ((i = 0; i < GPU_NODES; i++)); do
+    cat <<YAML
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: gpu-node-$i
+  annotations: {kwok.x-k8s.io/node: fake}
+  labels:
+    type: kwok
+    kubernetes.io/hostname: gpu-node-$i
+    kubernetes.io/os: linux
+    nvidia.com/gpu.present: "true"
+    nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3
+    loom.ml/pool: gpu
+spec: {}
+status:
+  allocatable: {cpu: "96", memory: 1Ti, pods: "110", nvidia.com/gpu: "$GPUS_PER_NODE"}
+  capacity: {cpu: "96", memory: 1Ti, pods: "110", nvidia.com/gpu: "$GPUS_PER_NODE"}
+YAML
+  done
+  for ((i = 0; i < CPU_NODES; i++)); do
+    cat <<YAML
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: cpu-node-$i
+  annotations: {kwok.x-k8s.io/node: fake}
+  labels: {type: kwok, kubernetes.io/hostname: cpu-node-$i, kubernetes.io/os: linux, loom.ml/pool: cpu}
+spec: {}
+status:
+  allocatable: {cpu: "32", memory: 128Gi, pods: "110"}
+  capacity: {cpu: "32", memory: 128Gi, pods: "110"}
+YAML
+  done
+}
+nodes | kubectl apply -f - >/dev/null
+# Remove fake nodes beyond the requested counts (a reused cluster may have had more).
+kubectl get nodes -o name | sed 's#node/##' | while read -r n; do
+  case $n in
+    gpu-node-*) [[ ${n#gpu-node-} -ge $GPU_NODES ]] && kubectl delete node "$n" --wait=false >/dev/null ;;
+    cpu-node-*) [[ ${n#cpu-node-} -ge $CPU_NODES ]] && kubectl delete node "$n" --wait=false >/dev/null ;;
+  esac
+done
+kubectl wait --for=condition=Ready nodes --all --timeout=120s >/dev/null
+# Pods need the default ServiceAccount, which the controller-manager creates per namespace.
+for _ in $(seq 1 100); do kubectl get serviceaccount default -n default >/dev/null 2>&1 && break; sleep 0.2; done
+echo "$KUBECONFIG_OUT"

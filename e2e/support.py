@@ -1,0 +1,194 @@
+"""Helpers for e2e tests: kubectl, polling, API clients, the operator process, KWOK test stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client, config
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOM_HOME = Path(os.environ.get("LOOM_HOME", Path.home() / ".cache" / "loom"))
+KUBECTL = str(LOOM_HOME / "bin" / "kubectl")
+GROUP, VERSION = "loom.ml", "v1alpha1"
+T = TypeVar("T")
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
+    """Run kubectl against the test cluster; raises with stderr on failure when `check`."""
+    result = subprocess.run(
+        [KUBECTL, *args], input=input, capture_output=True, text=True, timeout=120, env=os.environ.copy()
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout if check else result.stdout + result.stderr
+
+
+def kubectl_result(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KUBECTL, *args], input=input, capture_output=True, text=True, timeout=120, env=os.environ.copy()
+    )
+
+
+def wait_for(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.2, what: str = "") -> T:
+    """Poll fn() until it returns something truthy; return it, or raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or fn}; last value: {last!r}")
+        time.sleep(interval)
+
+
+_loaded = False
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        config.load_kube_config(config_file=os.environ["KUBECONFIG"])
+        _loaded = True
+
+
+def core() -> client.CoreV1Api:
+    _load()
+    return client.CoreV1Api()
+
+
+def apps() -> client.AppsV1Api:
+    _load()
+    return client.AppsV1Api()
+
+
+def custom() -> client.CustomObjectsApi:
+    _load()
+    return client.CustomObjectsApi()
+
+
+def apply_yaml(doc: str | dict[str, Any] | list[dict[str, Any]], namespace: str | None = None) -> str:
+    """kubectl apply (server-side) of a YAML text or object(s)."""
+    text = doc if isinstance(doc, str) else yaml.safe_dump_all(doc if isinstance(doc, list) else [doc])
+    args = ["apply", "--server-side", "--field-manager=e2e", "-f", "-"]
+    if namespace:
+        args += ["-n", namespace]
+    return kubectl(*args, input=text)
+
+
+def get_cr(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj: dict[str, Any] = custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    except client.ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    return obj
+
+
+def pods(namespace: str, selector: str = "") -> list[dict[str, Any]]:
+    out = kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json")
+    items: list[dict[str, Any]] = json.loads(out)["items"]
+    return items
+
+
+def set_pod_exit(namespace: str, pod: str, code: int, *, oom: bool = False) -> None:
+    """Make a Running KWOK pod's containers exit with `code` (the kwok.loom.ml/exit-code stage)."""
+    annotations = [f"kwok.loom.ml/exit-code={code}"] + (["kwok.loom.ml/oom=true"] if oom else [])
+    kubectl("annotate", "pod", "-n", namespace, pod, "--overwrite", *annotations)
+
+
+def evict_pod(namespace: str, pod: str) -> None:
+    """Make a Running KWOK pod fail as evicted by its kubelet."""
+    kubectl("annotate", "pod", "-n", namespace, pod, "--overwrite", "kwok.loom.ml/evict=true")
+
+
+def set_node_ready(node: str, ready: bool) -> None:
+    """Turn a KWOK node NotReady (label kwok.loom.ml/not-ready) or Ready again."""
+    if ready:
+        kubectl("label", "node", node, "kwok.loom.ml/not-ready-")
+    else:
+        kubectl("label", "node", node, "--overwrite", "kwok.loom.ml/not-ready=true")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Operator:
+    """`loom run` as a subprocess against the test cluster: start, kill -9, restart, logs, metrics."""
+
+    def __init__(self, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self.extra_env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+        self.liveness_port = 0
+
+    def start(self) -> None:
+        assert self.process is None or self.process.poll() is not None, "operator already running"
+        self.metrics_port, self.liveness_port = free_port(), free_port()
+        env = {**os.environ, **self.extra_env}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "loom.cli", "run",
+                "--metrics-port", str(self.metrics_port),
+                "--liveness-port", str(self.liveness_port),
+            ],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )
+        wait_for(self._healthy, timeout=60, what="operator /healthz")
+
+    def _healthy(self) -> bool:
+        import urllib.request
+
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"operator exited with {self.process.returncode}:\n{self.logs()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: the operator gets no chance to clean up, as in a crash or an OOM kill."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text: str = r.read().decode()
+            return text
