@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 GROUP = "loom.ml"
 VERSION = "v1alpha1"
@@ -99,6 +100,6 @@ class Resource(KubeModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-def cel(*rules: dict[str, str]) -> ConfigDict:
+def cel(*rules: JsonDict) -> ConfigDict:
     """Model config carrying CEL rules (x-kubernetes-validations) the API server enforces."""
     return ConfigDict(json_schema_extra={"x-kubernetes-validations": list(rules)})
