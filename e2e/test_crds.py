@@ -223,3 +223,11 @@ def test_defaults_are_applied_by_the_api_server(namespace: str) -> None:
     assert spec["runPolicy"]["backoffLimit"] == 3
     assert spec["runPolicy"]["cleanPodPolicy"] == "Running"
     assert spec["replicaSpecs"]["worker"]["replicas"] == 3
+
+
+@pytest.mark.parametrize("overlay", ["base", "overlays/dev"])
+def test_kustomize_manifests_are_accepted(overlay: str, kubeconfig: str) -> None:
+    rendered = kubectl("kustomize", str(ROOT / "manifests" / overlay))
+    assert "kind: Deployment" in rendered and "loom-operator" in rendered
+    result = kubectl_result("apply", "--dry-run=server", "--server-side", "-f", "-", input=rendered)
+    assert result.returncode == 0, result.stderr
