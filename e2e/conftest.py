@@ -48,7 +48,7 @@ def _start_cluster() -> str:
 def kubeconfig() -> str:
     path = _start_cluster()
     os.environ["KUBECONFIG"] = path
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "crds"))
     for crd in ("trainingjobs", "inferenceservices", "featurepipelines"):
         kubectl("wait", "--for=condition=Established", f"crd/{crd}.loom.ml", "--timeout=60s")
     return path
@@ -80,5 +80,3 @@ def namespace(kubeconfig: str) -> Iterator[str]:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"loom e2e: LOOM_HOME={LOOM_HOME}, cluster={os.environ.get('LOOM_E2E_KUBECONFIG') or 'local KWOK'}"
-
-

@@ -19,7 +19,7 @@ stop_operator() {
 
 if [[ ${1:-} == stop ]]; then stop_operator; exit 0; fi
 
-kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
+kubectl apply --server-side --force-conflicts -k crds/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 stop_operator
 nohup .venv/bin/loom run --metrics-port 18080 --liveness-port 18081 > "$DEMO/operator.log" 2>&1 &
