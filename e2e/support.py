@@ -145,11 +145,19 @@ class Operator:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "loom.cli", "run",
-                "--metrics-port", str(self.metrics_port),
-                "--liveness-port", str(self.liveness_port),
+                sys.executable,
+                "-m",
+                "loom.cli",
+                "run",
+                "--metrics-port",
+                str(self.metrics_port),
+                "--liveness-port",
+                str(self.liveness_port),
             ],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
         )
         wait_for(self._healthy, timeout=60, what="operator /healthz")
 
