@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
 from pydantic import Field
 
 from loom.api.common import (
+    DNS_LABEL,
     QUANTITY,
     Condition,
     KubeModel,
@@ -62,12 +64,25 @@ class ModelSpec(KubeModel):
             ]
         },
     )
+    name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Name the model is staged under (LOOM_MODEL_NAME); defaults to the service's name.",
+    )
     format: ModelFormat = Field(default=ModelFormat.SAFETENSORS, description="Weights format.")
     sizeLimit: str | None = Field(
         default=None,
         pattern=QUANTITY,
         description="Memory the staged model may take (emptyDir sizeLimit), e.g. 16Gi. "
-        "Defaults to the serving container's memory request.",
+        "Defaults to the serving container's memory request, else 1Gi.",
+    )
+    loadTimeoutSeconds: int | None = Field(
+        default=None,
+        ge=30,
+        le=86400,
+        description="Seconds a pod may take to stage the model before it counts as failed. "
+        "Defaults to 120 s plus sizeLimit read at a conservative 200 MB/s.",
     )
 
 
@@ -109,8 +124,35 @@ class ScalingSpec(KubeModel):
     scaleToZeroGracePeriodSeconds: int = Field(
         default=30, ge=0, description="Idle seconds before scaling to zero (when minReplicas is 0)."
     )
+    metricName: str | None = Field(
+        default=None,
+        pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$",
+        description="Prometheus metric the pods expose: a gauge of in-flight requests (concurrency, "
+        "default loom_inflight_requests) or a request counter (rps, default loom_requests_total).",
+    )
+    metricsPort: int = Field(default=8080, ge=1, le=65535, description="Port of the pods' /metrics.")
+    metricsPath: str = Field(default="/metrics", pattern=r"^/", description="Path of the pods' metrics.")
     prometheus: PrometheusSource | None = Field(
         default=None, description="Read the metric from Prometheus instead of scraping the pods."
+    )
+
+
+class HealthSpec(KubeModel):
+    """When serving pods are replaced: one at a time, never below minReplicas ready pods."""
+
+    notReadySeconds: int = Field(
+        default=60,
+        ge=1,
+        le=86400,
+        description="Replace a pod that has been NotReady this long after having been Ready.",
+    )
+    crashLoopRestarts: int = Field(
+        default=3, ge=1, le=1000, description="Replace a pod in CrashLoopBackOff after this many restarts."
+    )
+    replaceOnUnhealthyGPU: bool = Field(
+        default=True,
+        description="Replace pods on nodes labelled loom.ml/gpu-health=unhealthy "
+        "(or with node condition GPUHealthy=False); new pods avoid such nodes.",
     )
 
 
@@ -145,19 +187,67 @@ class InferenceServiceSpec(KubeModel):
     scaling: ScalingSpec = Field(
         default_factory=ScalingSpec, description="Autoscaling.", json_schema_extra={"default": {}}
     )
-    canary: CanarySpec | None = Field(default=None, description="Roll new revisions out as a canary first.")
+    canary: CanarySpec | None = Field(
+        default=None,
+        description="Start each new revision with this share of the replicas; without it a new "
+        "revision starts with one pod. Either way it grows only as its pods are Loaded and Ready.",
+    )
+    health: HealthSpec = Field(
+        default_factory=HealthSpec, description="Pod replacement.", json_schema_extra={"default": {}}
+    )
 
 
 class ModelStatus(KubeModel):
+    """State of the model of the latest revision, as KServe's modelStatus."""
+
     state: ModelState = ModelState.PENDING
     reason: str = ""
     message: str = ""
+    exitCode: int | None = Field(default=None, description="Exit code of the sidecar when it failed.")
+    revision: str | None = Field(default=None, description="Revision this state is about.")
+    loadedReplicas: int = Field(default=0, description="Pods of that revision with the model staged.")
+
+
+class RevisionStatus(KubeModel):
+    name: str = Field(description="Revision hash; its Deployment is <service>-<revision>.")
+    replicas: int = 0
+    readyReplicas: int = 0
+    modelState: ModelState = ModelState.PENDING
 
 
 class RevisionsStatus(KubeModel):
-    latestCreated: str | None = None
-    latestReady: str | None = None
-    canary: str | None = None
+    latestCreated: str | None = Field(default=None, description="Revision of the current spec.")
+    latestReady: str | None = Field(default=None, description="Revision that last had every replica Ready.")
+    canary: str | None = Field(default=None, description="Revision being rolled out, if any.")
+    failed: list[str] = Field(default_factory=list, description="Revisions rolled back (newest last).")
+    items: list[RevisionStatus] = Field(default_factory=list, description="Revisions that have pods.")
+
+
+class ScalingDecision(KubeModel):
+    time: datetime | None = None
+    fromReplicas: int = 0
+    toReplicas: int = 0
+    mode: str = Field(default="stable", description="stable or panic.")
+    stableValue: float = Field(default=0.0, description="Stable-window average of the metric (total).")
+    panicValue: float = Field(default=0.0, description="Panic-window average of the metric (total).")
+
+
+class AutoscalingStatus(KubeModel):
+    desiredReplicas: int | None = None
+    mode: str | None = Field(default=None, description="stable or panic.")
+    lastDecision: ScalingDecision | None = None
+
+
+class PodIssue(KubeModel):
+    pod: str
+    reason: str
+    message: str = ""
+
+
+class HealthStatus(KubeModel):
+    unhealthyPods: list[PodIssue] = Field(default_factory=list, description="Pods awaiting replacement.")
+    replacedPods: int = Field(default=0, description="Pods replaced by Loom so far.")
+    lastReplaced: PodIssue | None = None
 
 
 class InferenceServiceStatus(KubeModel):
@@ -165,9 +255,12 @@ class InferenceServiceStatus(KubeModel):
     url: str | None = None
     replicas: int = 0
     readyReplicas: int = 0
+    desiredReplicas: int | None = None
     selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
     modelStatus: ModelStatus = Field(default_factory=ModelStatus)
     revisions: RevisionsStatus = Field(default_factory=RevisionsStatus)
+    autoscaling: AutoscalingStatus = Field(default_factory=AutoscalingStatus)
+    health: HealthStatus = Field(default_factory=HealthStatus)
     conditions: list[Condition] = Field(default_factory=list)
     observedGeneration: int | None = None
 
@@ -182,6 +275,9 @@ class InferenceService(Resource):
             PrinterColumn("Model", ".status.modelStatus.state"),
             PrinterColumn("Replicas", ".status.replicas", "integer"),
             PrinterColumn("Ready", ".status.readyReplicas", "integer"),
+            PrinterColumn("Desired", ".spec.replicas", "integer", priority=1),
+            PrinterColumn("Revision", ".status.revisions.latestReady", priority=1),
+            PrinterColumn("Canary", ".status.revisions.canary", priority=1),
             PrinterColumn("URL", ".status.url", priority=1),
             PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
         ),
