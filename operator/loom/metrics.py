@@ -18,3 +18,46 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RESOURCES_BY_PHASE = Gauge("loom_resources", "Loom resources by kind and phase.", ["kind", "phase"])
+
+# InferenceService: desired vs actual replicas, and what the autoscaler and health checks did.
+INFERENCE_REPLICAS = Gauge(
+    "loom_inferenceservice_replicas",
+    "Replicas of an InferenceService: desired (spec.replicas), current (pods) and ready (Loaded and Ready).",
+    ["namespace", "name", "state"],
+)
+AUTOSCALER_DECISIONS = Counter(
+    "loom_autoscaler_decisions_total",
+    "Replica changes the autoscaler wrote through the scale subresource.",
+    ["namespace", "name", "direction", "mode"],
+)
+AUTOSCALER_PANIC = Gauge(
+    "loom_autoscaler_panic",
+    "1 while an InferenceService's autoscaler is in panic mode.",
+    ["namespace", "name"],
+)
+AUTOSCALER_METRIC = Gauge(
+    "loom_autoscaler_observed_metric",
+    "Last observed scaling metric of an InferenceService (total over its pods).",
+    ["namespace", "name"],
+)
+INFERENCE_POD_REPLACEMENTS = Counter(
+    "loom_inferenceservice_pod_replacements_total", "Serving pods Loom replaced, by reason.", ["reason"]
+)
+INFERENCE_ROLLBACKS = Counter(
+    "loom_inferenceservice_rollbacks_total", "Revisions rolled back automatically, by reason.", ["reason"]
+)
+
+# TrainingJob: phases come from RESOURCES_BY_PHASE{kind="TrainingJob"}.
+TRAININGJOB_RESTARTS = Counter(
+    "loom_trainingjob_restarts_total", "Gang restarts of TrainingJobs, by reason.", ["reason"]
+)
+TRAININGJOB_CREATE_TO_RUNNING = Histogram(
+    "loom_trainingjob_create_to_running_seconds",
+    "Seconds from a TrainingJob's creation to its first gang being Running.",
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+)
+TRAININGJOB_RESTART_TO_RUNNING = Histogram(
+    "loom_trainingjob_restart_to_running_seconds",
+    "Seconds from the creation of a restarted gang's pods to that gang being Running.",
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+)

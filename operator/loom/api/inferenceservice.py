@@ -21,6 +21,17 @@ from loom.api.common import (
     pod_template_field,
 )
 
+# The contract between the InferenceService's builders, its health checks and the controller.
+SIDECAR_CONTAINER = "loom-sidecar"
+MODEL_VOLUME = "loom-models"
+LABEL_SERVICE = "loom.ml/inferenceservice"
+LABEL_REVISION = "loom.ml/revision"
+# Loom's GPU agent marks nodes whose GPUs fail health checks with this label (value `unhealthy`)
+# or with a node condition GPUHealthy=False; serving pods there are replaced and new ones avoid them.
+GPU_HEALTH_LABEL = "loom.ml/gpu-health"
+GPU_UNHEALTHY = "unhealthy"
+GPU_HEALTH_CONDITION = "GPUHealthy"
+
 
 class ModelFormat(StrEnum):
     SAFETENSORS = "safetensors"
@@ -159,6 +170,12 @@ class HealthSpec(KubeModel):
 class CanarySpec(KubeModel):
     trafficPercent: int = Field(
         default=10, ge=0, le=100, description="Share of replicas (and so traffic) a new revision starts with."
+    )
+    promoteAfterSeconds: int = Field(
+        default=0,
+        ge=0,
+        le=86400,
+        description="Seconds the canary's pods must stay Loaded and Ready before it grows (analysis time).",
     )
 
 

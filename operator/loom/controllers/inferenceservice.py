@@ -1,0 +1,345 @@
+"""InferenceService controller: a Deployment per revision + a Service, model-aware rollouts,
+autoscaling and pod health, reconciled once per tick (a Kopf timer per service, 1 s by default).
+
+Each tick reads the pods, Deployments and GPU-unhealthy nodes from Kopf indexes (no listing), decides
+with pure functions (`autoscaling.scaler.decide`, `builders.plan_rollout`, `health.pods`), acts through
+`loom.kube` (scale subresource, server-side apply, deletes), then patches the status once when it
+changed and records events after that. Everything that must survive a restart lives in the status
+(stable and failed revisions); the autoscaler's windows restart empty, as Knative's do.
+
+Operator environment:
+  LOOM_SIDECAR_IMAGE           model sidecar image (default ghcr.io/loom-ml/loom-sidecar:0.1.0)
+  LOOM_METRICS_URL_TEMPLATE    pod metrics URL, with {pod_ip} {port} {path} {pod} {namespace} {name}
+                               (default http://{pod_ip}:{port}{path})
+  LOOM_INFERENCE_TICK_SECONDS  reconcile and autoscaler period (default 1)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from loom import kube, metrics
+from loom.api.common import API_VERSION, GROUP, VERSION
+from loom.api.inferenceservice import (
+    LABEL_REVISION,
+    LABEL_SERVICE,
+    Autoscaler,
+    InferenceService,
+    InferenceServiceStatus,
+    ModelState,
+)
+from loom.autoscaling.scaler import Decision, Observation, ScalerSpec, ScalerState, decide
+from loom.autoscaling.sources import DEFAULT_URL_TEMPLATE, PodTarget, PrometheusSource, ScrapeSource, Target
+from loom.builders.inferenceservice import (
+    ANNOTATION_SPEC_HASH,
+    DEFAULT_SIDECAR_IMAGE,
+    ObservedRevisions,
+    RevisionObservation,
+    SidecarConfig,
+    desired_deployment,
+    desired_replicas,
+    desired_service,
+    plan_rollout,
+    revision_hash,
+    rollout_target,
+)
+from loom.controllers.inferenceservice_status import Observed, build_status, events
+from loom.health.pods import (
+    Issue,
+    PodView,
+    gpu_unhealthy,
+    live,
+    plan_replacements,
+    rollout_failure,
+    summarize,
+    view,
+)
+
+KIND = "InferenceService"
+TICK_SECONDS = float(os.environ.get("LOOM_INFERENCE_TICK_SECONDS") or 1.0)
+SIDECAR = SidecarConfig(image=os.environ.get("LOOM_SIDECAR_IMAGE") or DEFAULT_SIDECAR_IMAGE)
+SCRAPER = ScrapeSource(os.environ.get("LOOM_METRICS_URL_TEMPLATE") or DEFAULT_URL_TEMPLATE)
+log = logging.getLogger(__name__)
+
+
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a pod or Deployment the controller reads, so indexes stay small."""
+    meta = body.get("metadata") or {}
+    keep = ("name", "namespace", "uid", "labels", "annotations", "creationTimestamp", "deletionTimestamp")
+    spec = body.get("spec") or {}
+    return {
+        "metadata": {k: copy.deepcopy(meta.get(k)) for k in keep},
+        "spec": {"nodeName": spec.get("nodeName"), "replicas": spec.get("replicas")},
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+
+
+@kopf.index("pods", labels={LABEL_SERVICE: kopf.PRESENT})
+def isvc_pods(body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels[LABEL_SERVICE]): _slim(body)}
+
+
+@kopf.index("apps", "v1", "deployments", labels={LABEL_SERVICE: kopf.PRESENT})
+def isvc_deployments(
+    body: kopf.Body, namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> dict[Any, Any]:
+    return {(namespace, labels[LABEL_SERVICE]): _slim(body)}
+
+
+@kopf.index("nodes")
+def gpu_unhealthy_nodes(body: kopf.Body, name: str, **_: Any) -> dict[Any, Any] | None:
+    reason = gpu_unhealthy(body)
+    return {name: reason} if reason else None
+
+
+@kopf.timer(GROUP, VERSION, "inferenceservices", interval=TICK_SECONDS, backoff=2.0)
+def tick(body: kopf.Body, memo: Any, namespace: str | None, name: str, **kwargs: Any) -> None:
+    """Indexes come as keyword arguments named after their functions."""
+    key = (namespace, name)
+    started = time.monotonic()
+    try:
+        reconcile(
+            copy.deepcopy(dict(body)),
+            memo,
+            list(kwargs["isvc_pods"].get(key, [])),
+            list(kwargs["isvc_deployments"].get(key, [])),
+            {node: next(iter(store)) for node, store in kwargs["gpu_unhealthy_nodes"].items()},
+        )
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels(kind=KIND).inc()
+        raise
+    finally:
+        metrics.RECONCILE_SECONDS.labels(kind=KIND).observe(time.monotonic() - started)
+
+
+@kopf.on.delete(GROUP, VERSION, "inferenceservices", optional=True)
+def forget(namespace: str | None, name: str, **_: Any) -> None:
+    namespace = namespace or "default"
+    SCRAPER.forget(namespace, name)
+    for state in ("desired", "current", "ready"):
+        _remove(metrics.INFERENCE_REPLICAS, namespace, name, state)
+    _remove(metrics.AUTOSCALER_PANIC, namespace, name)
+    _remove(metrics.AUTOSCALER_METRIC, namespace, name)
+
+
+def _remove(metric: Any, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
+
+
+def reconcile(
+    body: dict[str, Any],
+    memo: Any,
+    pods: list[dict[str, Any]],
+    deployments: list[dict[str, Any]],
+    bad_nodes: Mapping[str, str],
+) -> None:
+    isvc = InferenceService.model_validate({k: v for k, v in body.items() if k != "status"})
+    previous = _stored_status(body)
+    ns, name = isvc.metadata["namespace"], isvc.metadata["name"]
+    now = datetime.now(UTC)
+    views = [view(p, now) for p in pods]
+    by_rev = {d["metadata"]["labels"].get(LABEL_REVISION, ""): d for d in deployments}
+    latest = revision_hash(isvc, SIDECAR)
+
+    decision, scaled_from, metrics_ok = autoscale(isvc, views, memo)
+
+    stable = previous.revisions.latestReady
+    stable = stable if stable == latest or stable in by_rev else None
+    failed = list(previous.revisions.failed)
+    rollback = None
+    if stable and stable != latest and latest not in failed:
+        rollback = rollout_failure(views, latest, by_rev.get(latest), isvc.spec.health)
+        if rollback is not None:
+            failed.append(latest)
+            metrics.INFERENCE_ROLLBACKS.labels(reason=rollback.reason).inc()
+    observed = ObservedRevisions(
+        latest=latest,
+        stable=stable,
+        failed=frozenset(failed),
+        revisions=[_observation(rev, d, views) for rev, d in by_rev.items()],
+        hold=_canary_hold(isvc, views, latest, stable),
+    )
+    target = rollout_target(observed)
+
+    replacements = plan_replacements(
+        views, {target, stable or target}, bad_nodes, isvc.spec.health, isvc.spec.minReplicas
+    )
+    replaced = _replace(ns, replacements.delete, replacements.issues)
+    plan = plan_rollout(isvc.spec, observed)
+    if replacements.surge:
+        plan[target] = plan.get(target, 0) + replacements.surge
+    apply_plan(isvc, latest, stable, frozenset(failed), plan, by_rev)
+    _ensure_service(isvc, memo)
+
+    revisions = set(by_rev) | {latest} | {v.revision for v in views}
+    o = Observed(
+        latest=latest,
+        target=target,
+        stable=stable,
+        failed=tuple(failed),
+        summaries={r: summarize(views, r) for r in revisions if r},
+        plan=plan,
+        desired=desired_replicas(isvc.spec),
+        rollback=rollback,
+        decision=decision,
+        scaled_from=scaled_from,
+        replacements=replacements,
+        replaced=replaced,
+        metrics_ok=metrics_ok,
+    )
+    status = build_status(isvc, previous, o, now)
+    _record_metrics(ns, name, status, decision)
+    new, old = status.model_dump(mode="json"), previous.model_dump(mode="json")
+    if new != old and kube.patch(API_VERSION, KIND, name, ns, {"status": new}, subresource="status") is None:
+        return  # deleted meanwhile
+    for type_, reason, message in events(previous, status, o):
+        kube.event(body, reason, message, type_=type_)
+
+
+def _stored_status(body: Mapping[str, Any]) -> InferenceServiceStatus:
+    try:
+        return InferenceServiceStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        log.warning("unreadable status of %s; starting afresh", body["metadata"]["name"])
+        return InferenceServiceStatus()
+
+
+def _observation(revision: str, deployment: Mapping[str, Any], views: list[PodView]) -> RevisionObservation:
+    return RevisionObservation(
+        name=revision,
+        replicas=int(deployment["spec"].get("replicas") or 0),
+        ready=summarize(views, revision).ready,
+        created=str(deployment["metadata"].get("creationTimestamp") or ""),
+    )
+
+
+def _canary_hold(isvc: InferenceService, views: list[PodView], latest: str, stable: str | None) -> bool:
+    """Keep the canary at its first step until one of its pods has been Ready for promoteAfterSeconds."""
+    wait = isvc.spec.canary.promoteAfterSeconds if isvc.spec.canary else 0
+    if not wait or not stable or stable == latest:
+        return False
+    ready = [v.ready_seconds or 0.0 for v in live(views) if v.revision == latest and v.ready]
+    return not ready or max(ready) < wait
+
+
+def autoscale(
+    isvc: InferenceService, views: list[PodView], memo: Any
+) -> tuple[Decision | None, int | None, bool]:
+    """One autoscaler tick: sample the metric, decide, write spec.replicas through the scale subresource."""
+    spec = isvc.spec
+    if spec.scaling.autoscaler == Autoscaler.EXTERNAL:
+        return None, None, True
+    ns, name = isvc.metadata["namespace"], isvc.metadata["name"]
+    ready = [v for v in live(views) if v.ready and v.model.state == ModelState.LOADED]
+    target = Target(
+        namespace=ns,
+        name=name,
+        pods=tuple(PodTarget(v.name, v.ip) for v in ready),
+        metric=spec.scaling.metric,
+        metric_name=spec.scaling.metricName,
+        port=spec.scaling.metricsPort,
+        path=spec.scaling.metricsPath,
+    )
+    prometheus = spec.scaling.prometheus
+    source = PrometheusSource(prometheus.url, prometheus.query) if prometheus else SCRAPER
+    value = source.sample(target, time.time()) if ready or prometheus else None
+    current = desired_replicas(spec)
+    state = memo.get("scaler") or ScalerState()
+    decision, memo["scaler"] = decide(
+        ScalerSpec.from_spec(spec), Observation(value, len(ready), current), state, time.monotonic()
+    )
+    if value is not None:
+        metrics.AUTOSCALER_METRIC.labels(ns, name).set(value)
+    if decision.replicas == spec.replicas:
+        return decision, None, value is not None
+    body = {"spec": {"replicas": decision.replicas}}
+    kube.patch(API_VERSION, KIND, name, ns, body, subresource="scale")
+    spec.replicas = decision.replicas
+    if decision.replicas == current:
+        return decision, None, value is not None
+    direction = "up" if decision.replicas > current else "down"
+    metrics.AUTOSCALER_DECISIONS.labels(ns, name, direction, str(decision.mode)).inc()
+    return decision, current, value is not None
+
+
+def _replace(namespace: str, victims: Iterable[PodView], issues: Iterable[Issue]) -> Issue | None:
+    why = {i.pod: i for i in issues}
+    for victim in victims:
+        if kube.delete("v1", "Pod", victim.name, namespace, uid=victim.uid):
+            metrics.INFERENCE_POD_REPLACEMENTS.labels(reason=why[victim.name].reason).inc()
+            return why[victim.name]
+    return None
+
+
+def apply_plan(
+    isvc: InferenceService,
+    latest: str,
+    stable: str | None,
+    failed: frozenset[str],
+    plan: Mapping[str, int],
+    by_rev: Mapping[str, dict[str, Any]],
+) -> None:
+    """Make each revision's Deployment match the plan, touching only what differs.
+
+    The latest revision is applied whole (server-side apply); older ones only change replicas, as
+    their templates are no longer in the spec. The stable revision is kept (at 0 if need be) until a
+    newer one replaces it, so a rollback always has something to return to; the rest are deleted.
+    """
+    ns = isvc.metadata["namespace"]
+
+    def change(item: tuple[str, int]) -> int:
+        existing = by_rev.get(item[0])
+        return item[1] - int(existing["spec"].get("replicas") or 0) if existing else item[1]
+
+    for rev, replicas in sorted(plan.items(), key=change):  # shrink old revisions before growing new ones
+        existing = by_rev.get(rev)
+        if rev == latest and rev not in failed:
+            desired = desired_deployment(isvc, rev, replicas, SIDECAR)
+            if existing is None or _differs(existing, desired):
+                kube.apply(desired)
+        elif existing is None:
+            continue
+        elif replicas == 0 and rev != stable:
+            kube.delete(
+                "apps/v1", "Deployment", existing["metadata"]["name"], ns, uid=existing["metadata"]["uid"]
+            )
+        elif existing["spec"].get("replicas") != replicas:
+            kube.patch(
+                "apps/v1", "Deployment", existing["metadata"]["name"], ns, {"spec": {"replicas": replicas}}
+            )
+
+
+def _differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    annotations = existing["metadata"].get("annotations") or {}
+    return bool(
+        annotations.get(ANNOTATION_SPEC_HASH) != desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
+        or existing["spec"].get("replicas") != desired["spec"]["replicas"]
+    )
+
+
+def _ensure_service(isvc: InferenceService, memo: Any) -> None:
+    service = desired_service(isvc)
+    digest = hashlib.sha256(json.dumps(service, sort_keys=True).encode()).hexdigest()
+    if memo.get("service") != digest:
+        kube.apply(service)
+        memo["service"] = digest
+
+
+def _record_metrics(ns: str, name: str, status: InferenceServiceStatus, decision: Decision | None) -> None:
+    metrics.INFERENCE_REPLICAS.labels(ns, name, "desired").set(status.desiredReplicas or 0)
+    metrics.INFERENCE_REPLICAS.labels(ns, name, "current").set(status.replicas)
+    metrics.INFERENCE_REPLICAS.labels(ns, name, "ready").set(status.readyReplicas)
+    metrics.AUTOSCALER_PANIC.labels(ns, name).set(1 if decision and decision.mode == "panic" else 0)
