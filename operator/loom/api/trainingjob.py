@@ -48,8 +48,10 @@ class ReplicaSpec(KubeModel):
     restartPolicy: RestartPolicy = Field(
         default=RestartPolicy.ON_FAILURE,
         description=(
-            "Never: any failure fails the job. OnFailure: any failure restarts the gang (up to "
-            "runPolicy.backoffLimit). ExitCode: exit codes 1-127 are permanent, 128-255 retryable."
+            "Never: a failure of the program fails the job. OnFailure: any failure restarts the gang "
+            "(up to runPolicy.backoffLimit). ExitCode: exit codes 1-127 are permanent, 128-255 and "
+            "OOMKilled retryable. Under every policy, disruptions the program did not cause (eviction, "
+            "preemption, a lost or NotReady node, a deleted pod) restart the gang."
         ),
     )
     template: dict[str, Any] = pod_template_field("Pod template of this role's pods.")
@@ -66,7 +68,9 @@ class ElasticPolicy(KubeModel):
     )
 
     minReplicas: int = Field(ge=1, description="Fewest nodes the job may run with.")
-    maxReplicas: int = Field(ge=1, description="Most nodes the job may grow to.")
+    maxReplicas: int = Field(
+        ge=1, description="Most nodes the job may grow to (the role's replicas is ignored)."
+    )
     maxRestarts: int = Field(default=10, ge=0, description="torchrun --max-restarts for each node.")
 
 
@@ -125,6 +129,10 @@ class TrainingJobSpec(KubeModel):
         le=128,
         description="Processes per pod; defaults to its nvidia.com/gpu request or 1.",
     )
+    # Added: the rendezvous port is sometimes taken (hostNetwork pods, sidecars); Kubeflow's default.
+    masterPort: int = Field(
+        default=23456, ge=1, le=65535, description="MASTER_PORT of rank 0 (torch.distributed TCP store)."
+    )
     elastic: ElasticPolicy | None = Field(default=None, description="Elastic min/max nodes.")
     runPolicy: RunPolicy = Field(
         default_factory=RunPolicy, description="Job-level run policy.", json_schema_extra={"default": {}}
@@ -146,9 +154,25 @@ class TrainingJobStatus(KubeModel):
     readyReplicas: int = Field(default=0, description="Pods of the current gang that are Ready.")
     restartCount: int = Field(default=0, description="Gang restarts so far (counted against backoffLimit).")
     attempt: int = Field(default=0, description="Index of the current gang; new pods per attempt.")
-    startTime: datetime | None = None
-    completionTime: datetime | None = None
+    startTime: datetime | None = Field(
+        default=None,
+        description="When the job (last resumed and) started; activeDeadlineSeconds counts from here.",
+    )
+    completionTime: datetime | None = Field(default=None, description="When the job Succeeded or Failed.")
     observedGeneration: int | None = None
+    # Added: state the controller must keep across restarts of the operator (level-triggered).
+    excludedNodes: list[str] = Field(
+        default_factory=list,
+        description="Nodes later gangs keep away from (node anti-affinity): lost or NotReady under "
+        "earlier gangs.",
+    )
+    gangTimeouts: int = Field(
+        default=0,
+        description="Consecutive gangs released by schedulingTimeoutSeconds (the retry backoff grows).",
+    )
+    nextAttemptTime: datetime | None = Field(
+        default=None, description="The next gang is created no earlier than this (backoff after GangTimeout)."
+    )
 
 
 class TrainingJob(Resource):
@@ -162,6 +186,7 @@ class TrainingJob(Resource):
             PrinterColumn("Ready", ".status.readyReplicas", "integer"),
             PrinterColumn("Restarts", ".status.restartCount", "integer"),
             PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
+            PrinterColumn("Attempt", ".status.attempt", "integer", priority=1),
         ),
     )
 

@@ -1,0 +1,126 @@
+"""What the TrainingJob controller observes: slim copies of pods for its index, and the writes it
+made that its watches have not shown yet.
+
+Pure: no I/O; `now` is a parameter. `Expectations` is the controller's only memory besides the
+Kopf indexes, and losing it (a crash) costs nothing but a few redundant API calls: after a restart
+the indexes are filled from a fresh list before any reconcile runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from loom.controllers.trainingjob_gang import has_gang_gate
+
+EXPECTATION_TTL = timedelta(seconds=30)
+
+_CONTAINER_KEYS = ("name", "resources", "restartPolicy")
+_STATUS_CONTAINER_KEYS = ("name", "ready", "state")
+
+
+def _pick(obj: Mapping[str, Any] | None, keys: Iterable[str]) -> dict[str, Any]:
+    return {k: obj[k] for k in keys if obj and obj.get(k) is not None}
+
+
+def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a pod that decisions read, in the pod's own shape (a tenth of its size)."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    return {
+        "metadata": _pick(
+            meta, ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
+        ),
+        "spec": {
+            **_pick(spec, ("nodeName", "schedulingGates")),
+            "containers": [_pick(c, _CONTAINER_KEYS) for c in spec.get("containers") or []],
+            "initContainers": [_pick(c, _CONTAINER_KEYS) for c in spec.get("initContainers") or []],
+        },
+        "status": {
+            **_pick(status, ("phase", "reason", "message")),
+            "conditions": [_pick(c, ("type", "status", "reason")) for c in status.get("conditions") or []],
+            "containerStatuses": [
+                _pick(c, _STATUS_CONTAINER_KEYS) for c in status.get("containerStatuses") or []
+            ],
+            "initContainerStatuses": [
+                _pick(c, _STATUS_CONTAINER_KEYS) for c in status.get("initContainerStatuses") or []
+            ],
+        },
+    }
+
+
+def _name(pod: Mapping[str, Any]) -> str:
+    return str(pod["metadata"]["name"])
+
+
+@dataclass
+class Expectations:
+    """Pods Loom created, ungated or deleted whose watch events have not arrived yet.
+
+    Merged over the index before each decision, so that a reconcile that runs between a write
+    and its watch event neither repeats the write nor misjudges capacity (an ungated pod counts as
+    admitted at once, for every job). Each entry ends when the index shows the write, or after
+    EXPECTATION_TTL in case the write did not happen after all."""
+
+    created: dict[tuple[str, str], dict[str, tuple[dict[str, Any], datetime]]] = field(default_factory=dict)
+    ungated: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    deleted: dict[tuple[str, str], tuple[str | None, datetime]] = field(default_factory=dict)
+
+    def expect_created(self, job: tuple[str, str], pod: Mapping[str, Any], now: datetime) -> None:
+        self.created.setdefault(job, {})[_name(pod)] = (slim_pod(pod), now)
+
+    def expect_ungated(self, namespace: str, name: str, now: datetime) -> None:
+        self.ungated[(namespace, name)] = now
+
+    def cancel_ungated(self, namespace: str, name: str) -> None:
+        self.ungated.pop((namespace, name), None)
+
+    def expect_deleted(self, namespace: str, name: str, uid: str | None, now: datetime) -> None:
+        self.deleted[(namespace, name)] = (uid, now)
+
+    def forget(self, job: tuple[str, str]) -> None:
+        self.created.pop(job, None)
+
+    def admitted(self, now: datetime) -> frozenset[tuple[str, str]]:
+        """(namespace, name) of pods ungated by Loom, as far as it knows, still to be observed so."""
+        for key in [k for k, t in self.ungated.items() if now - t > EXPECTATION_TTL]:
+            del self.ungated[key]
+        for key in [k for k, (_, t) in self.deleted.items() if now - t > EXPECTATION_TTL]:
+            del self.deleted[key]
+        return frozenset(self.ungated)
+
+    def merge(
+        self, job: tuple[str, str], observed: Iterable[Mapping[str, Any]], now: datetime
+    ) -> list[dict[str, Any]]:
+        """The job's pods as the index shows them, with Loom's unobserved writes applied."""
+        namespace = job[0]
+        out: dict[str, dict[str, Any]] = {}
+        for pod in observed:
+            name = _name(pod)
+            key = (namespace, name)
+            view = dict(pod)
+            if key in self.ungated:
+                if not has_gang_gate(pod) or now - self.ungated[key] > EXPECTATION_TTL:
+                    del self.ungated[key]
+                else:
+                    view["spec"] = {**pod["spec"], "schedulingGates": []}
+            if key in self.deleted:
+                uid, when = self.deleted[key]
+                meta = pod["metadata"]
+                if meta.get("deletionTimestamp") or meta.get("uid") != uid or now - when > EXPECTATION_TTL:
+                    del self.deleted[key]
+                else:
+                    view["metadata"] = {**meta, "deletionTimestamp": now.isoformat()}
+            out[name] = view
+        created = self.created.get(job, {})
+        for name, (pod, when) in list(created.items()):
+            if name in out or now - when > EXPECTATION_TTL:
+                del created[name]
+            else:
+                out[name] = pod
+        if not created:
+            self.created.pop(job, None)
+        return list(out.values())
