@@ -91,11 +91,11 @@ YAML
 }
 nodes | kubectl apply -f - >/dev/null
 # Remove fake nodes beyond the requested counts (a reused cluster may have had more).
-kubectl get nodes -o name | sed 's#node/##' | while read -r n; do
-  case $n in
-    gpu-node-*) [[ ${n#gpu-node-} -ge $GPU_NODES ]] && kubectl delete node "$n" --wait=false >/dev/null ;;
-    cpu-node-*) [[ ${n#cpu-node-} -ge $CPU_NODES ]] && kubectl delete node "$n" --wait=false >/dev/null ;;
-  esac
+for n in $(kubectl get nodes -o name | sed 's#node/##'); do
+  index=${n##*-}
+  if [[ ($n == gpu-node-* && $index -ge $GPU_NODES) || ($n == cpu-node-* && $index -ge $CPU_NODES) ]]; then
+    kubectl delete node "$n" --wait=false >/dev/null
+  fi
 done
 kubectl wait --for=condition=Ready nodes --all --timeout=120s >/dev/null
 # Pods need the default ServiceAccount, which the controller-manager creates per namespace.
