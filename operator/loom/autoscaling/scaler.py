@@ -6,8 +6,10 @@ desired = ceil(metric / target) over a stable window (default 60 s) and a panic 
 starts when the panic-window demand is >= panicThreshold x the Ready pods, and ends a stable window
 after demand last crossed it; while panicking the replica count never goes down. Per decision the
 count grows at most maxScaleUpRate x and shrinks at most maxScaleDownRate x the Ready pods; in stable
-mode changes within `tolerance` (HPA's 10%) are ignored; the result is clamped to [min, max]; with
-minReplicas 0 the service goes to zero after the metric has been 0 for the grace period.
+mode changes within `tolerance` (HPA's 10%) are ignored and it never scales below the panic window's
+demand (KPA would, right after a panic on a ramp, as its stable average lags); the result is clamped
+to [min, max]; with minReplicas 0 the service goes to zero after the metric has been 0 for the grace
+period.
 """
 
 from __future__ import annotations
@@ -128,10 +130,14 @@ def decide(
         desired, mode, reason = max_panic, Mode.PANIC, "Panic"
     else:
         desired, mode, reason = desired_stable, Mode.STABLE, "Stable"
+        if desired < current:
+            # Unlike KPA, never scale below the last seconds' demand: the stable average lags a ramp.
+            desired = max(desired, min(current, desired_panic))
         if current > 0 and desired > 0 and abs(desired - current) / current <= spec.tolerance:
             desired, reason = current, "WithinTolerance"
 
-    if desired == 0 and last_active is not None and now - last_active < spec.scale_to_zero_grace:
+    grace = last_active is not None and now - last_active < spec.scale_to_zero_grace
+    if desired == 0 and spec.min_replicas == 0 and grace:
         desired, reason = min(1, max(current, 0)), "ScaleToZeroGrace"
     clamped = _clamp(spec, desired)
     if clamped != desired:

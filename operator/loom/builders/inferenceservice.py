@@ -375,5 +375,5 @@ def plan_rollout(spec: InferenceServiceSpec, observed: ObservedRevisions) -> dic
             plan[r.name] = have + take
             budget -= take
     kept = sum(plan[r.name] for r in others)
-    plan[target] = max(0, min(n, n + step - kept))
+    plan[target] = max(0, min(n, n + step - kept, step if observed.hold else n))
     return plan
