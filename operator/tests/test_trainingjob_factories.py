@@ -7,7 +7,7 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from loom.api.trainingjob import TrainingJob
+from loom.api.trainingjob import TrainingJob, TrainingJobStatus
 from loom.builders.trainingjob import desired_pods
 from loom.controllers.trainingjob_gang import GpuPod, Node, free_gpus, gpu_pod_from
 from loom.controllers.trainingjob_observe import slim_pod
@@ -63,6 +63,8 @@ def make_job(
 
 
 def with_status(job: TrainingJob, status: Any) -> TrainingJob:
+    if isinstance(status, dict):
+        status = TrainingJobStatus.model_validate(status)
     return job.model_copy(update={"status": status})
 
 

@@ -1,0 +1,276 @@
+"""TrainingJob controller: Kopf indexes and triggers, and a work queue that carries out plans.
+
+Observed through Kopf indexes (in memory, filled before any handler runs): TrainingJobs, their
+pods (slim copies), every pod that holds GPUs, and nodes. Events only enqueue keys; a worker reads
+the latest observations, calls the pure `decide`, and applies the plan through `loom.kube` in a
+thread pool: status first, then pods, then events. Level-triggered throughout: a worker never
+relies on which event woke it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import kopf
+from pydantic import ValidationError
+
+from loom import kube, metrics
+from loom.api.common import API_VERSION, GROUP, VERSION
+from loom.api.trainingjob import TrainingJob, TrainingJobStatus
+from loom.builders.trainingjob import LABEL_JOB, pod_gpus
+from loom.controllers.trainingjob_gang import GpuPod, Node, free_gpus, gpu_pod_from, node_from
+from loom.controllers.trainingjob_observe import Expectations, slim_pod
+from loom.controllers.trainingjob_plan import Cluster, Plan, decide
+from loom.controllers.trainingjob_queue import WorkQueue
+
+KIND = "TrainingJob"
+Key = tuple[str, str]
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="loom-trainingjob")
+_expectations = Expectations()
+_written: dict[Key, tuple[str, dict[str, Any]]] = {}  # key -> (resourceVersion before, body after)
+_waiting: set[Key] = set()  # jobs whose gang waits for GPUs (or an elastic job that could grow)
+_phases: dict[Key, str] = {}
+_indices: dict[str, Any] = {}
+_nodes_seen: dict[str, tuple[bool, bool, int]] = {}
+
+
+def _requests_gpus(spec: Any, **_: Any) -> bool:
+    return pod_gpus(spec) > 0
+
+
+# -- observation ---------------------------------------------------------------------------------
+@kopf.index(GROUP, VERSION, "trainingjobs")
+def trainingjob_bodies(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    return {(str(namespace), name): _plain(body)}
+
+
+@kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT})
+def trainingjob_pods(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    return {(str(namespace), labels[LABEL_JOB]): slim_pod(body)}
+
+
+@kopf.index("pods", when=_requests_gpus)
+def trainingjob_gpu_pods(body: kopf.Body, **_: Any) -> GpuPod:
+    return gpu_pod_from(body)
+
+
+@kopf.index("nodes")
+def trainingjob_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, Node]:
+    return {name: node_from(body)}
+
+
+# -- triggers ------------------------------------------------------------------------------------
+@kopf.on.startup()
+async def trainingjob_start(**kwargs: Any) -> None:
+    for name in ("trainingjob_bodies", "trainingjob_pods", "trainingjob_gpu_pods", "trainingjob_nodes"):
+        _indices[name] = kwargs[name]
+    await _in_thread(_warm_up)
+    queue.start()
+
+
+@kopf.on.event(GROUP, VERSION, "trainingjobs")
+async def trainingjob_event(namespace: str | None, name: str, **_: Any) -> None:
+    queue.add((str(namespace), name))
+
+
+@kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT})
+async def trainingjob_pod_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    queue.add((str(namespace), labels[LABEL_JOB]))
+
+
+@kopf.on.event("pods", when=_requests_gpus)
+async def trainingjob_gpu_pod_event(event: kopf.RawEvent, status: kopf.Status, **_: Any) -> None:
+    if event["type"] == "DELETED" or status.get("phase") in ("Succeeded", "Failed"):
+        _wake_waiting()  # GPUs were freed: gangs waiting for them may fit now
+
+
+@kopf.on.event("nodes")
+async def trainingjob_node_event(name: str, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    node = node_from(body)
+    state = (node.ready, node.unschedulable, node.gpus)
+    if event["type"] == "DELETED":
+        _nodes_seen.pop(name, None)
+    elif _nodes_seen.get(name) == state:
+        return
+    else:
+        _nodes_seen[name] = state
+    for key in list(_phases):  # a node changed: pods on it may be lost, capacity may have changed
+        queue.add(key)
+
+
+# -- the reconcile -------------------------------------------------------------------------------
+async def reconcile(key: Key) -> float | None:
+    started = time.monotonic()
+    body = _latest(key)
+    if body is None:
+        _forget(key)
+        return None
+    job = _model(body)
+    now = datetime.now(UTC)
+    pods = _expectations.merge(key, _store(_indices["trainingjob_pods"], key), now)
+    nodes = {n.name: n for n in _store(_indices["trainingjob_nodes"], None, all_keys=True)}
+    gpu_pods: list[GpuPod] = _store(_indices["trainingjob_gpu_pods"], None)
+    cluster = Cluster(nodes=nodes, free=free_gpus(nodes.values(), gpu_pods, _expectations.admitted(now)))
+    plan = decide(job, pods, cluster, now)
+    for name, _ in plan.ungate:  # reserve the GPUs now, before any other job decides
+        _expectations.expect_ungated(key[0], name, now)
+    (_waiting.add if plan.waiting_for_capacity else _waiting.discard)(key)
+    try:
+        await _carry_out(key, body, job, plan, now)
+    except Exception:
+        for name, _ in plan.ungate:
+            _expectations.cancel_ungated(key[0], name)
+        raise
+    _observe_phase(key, str(plan.status.phase))
+    metrics.RECONCILE_SECONDS.labels(kind=KIND).observe(time.monotonic() - started)
+    return plan.requeue_after
+
+
+async def _carry_out(key: Key, body: dict[str, Any], job: TrainingJob, plan: Plan, now: datetime) -> None:
+    namespace, name = key
+    status = plan.status.model_dump(mode="json")
+    if job.status is None or status != job.status.model_dump(mode="json"):
+        patched = await _in_thread(
+            kube.patch, API_VERSION, KIND, name, namespace, {"status": status}, subresource="status"
+        )
+        if patched is None:
+            return  # the job is gone
+        observed = _store(_indices["trainingjob_bodies"], key)
+        base = observed[0]["metadata"].get("resourceVersion", "") if observed else ""
+        _written[key] = (base, patched)
+    await _gather(
+        _in_thread(
+            kube.delete,
+            "v1",
+            "Pod",
+            d.name,
+            namespace,
+            uid=d.uid,
+            grace_period_seconds=0 if d.force else None,
+        )
+        for d in plan.delete
+    )
+    for d in plan.delete:
+        _expectations.expect_deleted(namespace, d.name, d.uid, now)
+    if plan.service is not None:
+        await _in_thread(kube.apply, plan.service)
+    created = await _gather(_in_thread(kube.create, pod) for pod in plan.create)
+    for pod, result in zip(plan.create, created, strict=True):
+        _expectations.expect_created(key, result or pod, now)
+    await _gather(
+        _in_thread(kube.patch, "v1", "Pod", pod, namespace, {"spec": {"schedulingGates": left or None}})
+        for pod, left in plan.ungate
+    )
+    if plan.delete_job:
+        await _in_thread(kube.delete, API_VERSION, KIND, name, namespace, uid=job.metadata.get("uid"))
+    await _gather(_in_thread(kube.event, body, e.reason, e.message, type_=e.type) for e in plan.events)
+    if plan.restart_reason:
+        metrics.TRAININGJOB_RESTARTS.labels(reason=plan.restart_reason).inc()
+    if plan.running_after is not None:
+        first = plan.status.attempt == 0 and plan.status.restartCount == 0
+        histogram = metrics.TRAININGJOB_CREATE_TO_RUNNING if first else metrics.TRAININGJOB_RESTART_TO_RUNNING
+        histogram.observe(plan.running_after)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _on_error(key: Key, error: BaseException) -> None:
+    metrics.RECONCILE_ERRORS.labels(kind=KIND).inc()
+
+
+queue: WorkQueue[Key] = WorkQueue(reconcile, workers=16, on_error=_on_error)
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+def _store(index: Any, key: Any, *, all_keys: bool = False) -> list[Any]:
+    if all_keys:
+        return [value for store in index.values() for value in store]
+    store = index.get(key)
+    return list(store) if store is not None else []
+
+
+def _latest(key: Key) -> dict[str, Any] | None:
+    """The job as last observed, or as Loom last wrote it if the watch has not caught up yet."""
+    found = _store(_indices["trainingjob_bodies"], key)
+    if not found:
+        return None
+    body: dict[str, Any] = found[0]
+    written = _written.get(key)
+    if written is not None:
+        if _is_older(body["metadata"].get("resourceVersion", ""), written):
+            return written[1]
+        del _written[key]
+    return body
+
+
+def _is_older(observed: str, written: tuple[str, dict[str, Any]]) -> bool:
+    """Is the observed version older than Loom's own last write? etcd's versions are integers; for
+    other storages only the version the write was based on is known to be older."""
+    base, body = written
+    try:
+        return int(observed) < int(body["metadata"]["resourceVersion"])
+    except (KeyError, ValueError):
+        return observed == base
+
+
+def _model(body: dict[str, Any]) -> TrainingJob:
+    """The job as a model; a status written by an older Loom keeps only the fields this one knows."""
+    known = TrainingJobStatus.model_fields
+    status = {k: v for k, v in (body.get("status") or {}).items() if k in known}
+    try:
+        return TrainingJob.model_validate({**body, "status": status})
+    except ValidationError:
+        return TrainingJob.model_validate({**body, "status": None})
+
+
+def _forget(key: Key) -> None:
+    queue.forget(key)
+    _written.pop(key, None)
+    _waiting.discard(key)
+    _expectations.forget(key)
+    _observe_phase(key, None)
+
+
+def _observe_phase(key: Key, phase: str | None) -> None:
+    old = _phases.pop(key, None)
+    if old is not None:
+        metrics.RESOURCES_BY_PHASE.labels(kind=KIND, phase=old).dec()
+    if phase is not None:
+        _phases[key] = phase
+        metrics.RESOURCES_BY_PHASE.labels(kind=KIND, phase=phase).inc()
+
+
+def _wake_waiting() -> None:
+    for key in list(_waiting):
+        queue.add(key)
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_executor, functools.partial(fn, *args, **kwargs))
+
+
+async def _gather(calls: Any) -> list[Any]:
+    return list(await asyncio.gather(*calls))
+
+
+def _warm_up() -> None:
+    """Discover the API resources once, before many threads would do it at the same time."""
+    for api_version, kind in (("v1", "Pod"), ("v1", "Service"), ("v1", "Event"), (API_VERSION, KIND)):
+        kube.dynamic().resources.get(api_version=api_version, kind=kind)
