@@ -56,7 +56,7 @@ INVALID = [
     pytest.param(
         "TrainingJob",
         _set("replicaSpecs.worker.restartPolicy", "Sometimes"),
-        "spec.replicaSpecs[worker].restartPolicy",
+        "spec.replicaSpecs.worker.restartPolicy",
         id="tj-bad-restart-policy",
     ),
     pytest.param(

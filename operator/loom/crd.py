@@ -65,7 +65,18 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: bo
             out[key] = value
     if "properties" in out and "type" not in out:
         out["type"] = "object"
+    if out.get("default") == {}:
+        out["default"] = _nested_defaults(out)
     return out
+
+
+def _nested_defaults(schema: dict[str, Any]) -> dict[str, Any]:
+    """The object an empty default expands to, so CEL rules see every defaulted field."""
+    filled: dict[str, Any] = {}
+    for name, child in schema.get("properties", {}).items():
+        if "default" in child:
+            filled[name] = child["default"]
+    return filled
 
 
 def openapi_schema(model: type[Resource]) -> dict[str, Any]:

@@ -45,19 +45,24 @@ class Condition(KubeModel):
     )
 
 
+_OPEN_OBJECT = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
 def pod_template_field(description: str) -> Any:
-    """A PodTemplateSpec: validated by the API server as a Pod when Loom creates it, kept whole here."""
+    """A PodTemplateSpec: containers required here; the rest is validated as a Pod when Loom creates it."""
     return Field(
         description=description,
         json_schema_extra={
             "type": "object",
-            "x-kubernetes-preserve-unknown-fields": True,
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.spec) && has(self.spec.containers) && size(self.spec.containers) > 0",
-                    "message": "template.spec.containers must list at least one container",
-                }
-            ],
+            "required": ["spec"],
+            "properties": {
+                "metadata": _OPEN_OBJECT,
+                "spec": {
+                    **_OPEN_OBJECT,
+                    "required": ["containers"],
+                    "properties": {"containers": {"type": "array", "minItems": 1, "items": _OPEN_OBJECT}},
+                },
+            },
         },
     )
 
