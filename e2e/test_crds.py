@@ -62,7 +62,7 @@ INVALID = [
     pytest.param(
         "TrainingJob",
         _set("replicaSpecs.worker.template", {"spec": {"containers": []}}),
-        "template.spec.containers must list at least one container",
+        "spec.replicaSpecs.worker.template.spec.containers in body should have at least 1 items",
         id="tj-no-containers",
     ),
     pytest.param(
