@@ -1,6 +1,7 @@
 #include "loom/manifest.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -33,7 +34,10 @@ class Reader {
   }
   bool I64(const char* key, int64_t* out) {
     auto it = obj_.find(key);
-    if (it == obj_.end() || !it->is_number_integer()) return Fail(key, "an integer");
+    if (it == obj_.end() || !it->is_number_integer() ||
+        (it->is_number_unsigned() && it->get<uint64_t>() > uint64_t{INT64_MAX})) {
+      return Fail(key, "a 64-bit integer");
+    }
     *out = it->get<int64_t>();
     return true;
   }

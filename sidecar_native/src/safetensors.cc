@@ -79,7 +79,8 @@ Result<std::vector<uint64_t>> ParseShape(const std::string& tensor, const json& 
   for (const json& d : v) {
     std::optional<uint64_t> n = AsUsize(d);
     if (!n) {
-      return Invalid("tensor " + Quoted(tensor) + ": shape entries must be integers >= 0, got " + d.dump());
+      return Invalid("tensor " + Quoted(tensor) +
+                     ": shape entries must be integers >= 0 (no sign, fraction or exponent), got " + d.dump());
     }
     shape.push_back(*n);
   }
@@ -90,7 +91,8 @@ Status ParseOffsets(const std::string& tensor, const json& v, TensorInfo& out) {
   std::optional<uint64_t> b, e;
   if (v.is_array() && v.size() == 2) b = AsUsize(v[0]), e = AsUsize(v[1]);
   if (!b || !e) {
-    return Invalid("tensor " + Quoted(tensor) + ": data_offsets must be [begin, end], two integers >= 0, got " +
+    return Invalid("tensor " + Quoted(tensor) +
+                   ": data_offsets must be [begin, end], two integers >= 0 (no sign, fraction or exponent), got " +
                    v.dump());
   }
   out.begin = *b;
@@ -298,6 +300,11 @@ Result<SafetensorsHeader> ParseHeaderJson(std::string_view text, uint64_t file_s
   }
   if (text.starts_with("\xEF\xBB\xBF")) {
     return Invalid("invalid JSON in header: starts with a byte order mark");
+  }
+  // nlohmann stops at a NUL byte as if the input ended there; to serde_json it is an error
+  // everywhere (not whitespace, and a raw control character inside strings).
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
+    return Invalid("invalid JSON in header: NUL byte at offset " + std::to_string(nul));
   }
   if (ExceedsDepth(text, kMaxJsonDepth)) {
     return Invalid("invalid JSON in header: nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
