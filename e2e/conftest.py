@@ -18,6 +18,9 @@ import pytest
 from e2e.support import LOOM_HOME, ROOT, Operator, kubectl, wait_for
 
 
+NAMESPACE_PREFIX = f"e2e-{uuid.uuid4().hex[:4]}-"
+
+
 def _docker_answers() -> bool:
     if not shutil.which("docker"):
         return False
@@ -57,7 +60,8 @@ def kubeconfig() -> str:
 @pytest.fixture(scope="session")
 def operator(kubeconfig: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = Operator(log, env={"KUBECONFIG": kubeconfig})
+    # Watch only this session's namespaces, so concurrent test sessions never act on each other's objects.
+    op = Operator(log, env={"KUBECONFIG": kubeconfig}, args=["--namespace", f"{NAMESPACE_PREFIX}*"])
     op.start()
     yield op
     op.stop()
@@ -67,7 +71,7 @@ def operator(kubeconfig: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture
 def namespace(kubeconfig: str) -> Iterator[str]:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    name = f"{NAMESPACE_PREFIX}{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", name)
     wait_for(
         lambda: kubectl("get", "serviceaccount", "default", "-n", name, check=False).startswith("NAME"),

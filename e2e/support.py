@@ -131,9 +131,12 @@ def free_port() -> int:
 class Operator:
     """`loom run` as a subprocess against the test cluster: start, kill -9, restart, logs, metrics."""
 
-    def __init__(self, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, log_path: Path, env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> None:
         self.log_path = log_path
         self.extra_env = env or {}
+        self.extra_args = args or []
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
         self.liveness_port = 0
@@ -153,6 +156,7 @@ class Operator:
                 str(self.metrics_port),
                 "--liveness-port",
                 str(self.liveness_port),
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
