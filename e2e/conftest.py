@@ -17,7 +17,6 @@ import pytest
 
 from e2e.support import LOOM_HOME, ROOT, Operator, kubectl, wait_for
 
-
 NAMESPACE_PREFIX = f"e2e-{uuid.uuid4().hex[:4]}-"
 
 
