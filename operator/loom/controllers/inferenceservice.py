@@ -104,8 +104,21 @@ def gpu_unhealthy_nodes(body: kopf.Body, name: str, **_: Any) -> dict[Any, Any] 
     return {name: reason} if reason else None
 
 
+class _QuietTicks(logging.Filter):
+    """Kopf logs every timer run at INFO: once a second per service is noise; failures still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (record.levelno <= logging.INFO and "'inferenceservice_tick'" in message)
+
+
+logging.getLogger("kopf.objects").addFilter(_QuietTicks())
+
+
 @kopf.timer(GROUP, VERSION, "inferenceservices", interval=TICK_SECONDS, backoff=2.0)
-def tick(body: kopf.Body, memo: Any, namespace: str | None, name: str, **kwargs: Any) -> None:
+def inferenceservice_tick(
+    body: kopf.Body, memo: Any, namespace: str | None, name: str, **kwargs: Any
+) -> None:
     """Indexes come as keyword arguments named after their functions."""
     key = (namespace, name)
     started = time.monotonic()
@@ -124,8 +137,11 @@ def tick(body: kopf.Body, memo: Any, namespace: str | None, name: str, **kwargs:
         metrics.RECONCILE_SECONDS.labels(kind=KIND).observe(time.monotonic() - started)
 
 
-@kopf.on.delete(GROUP, VERSION, "inferenceservices", optional=True)
-def forget(namespace: str | None, name: str, **_: Any) -> None:
+@kopf.on.event(GROUP, VERSION, "inferenceservices")
+def forget(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    """Drop per-service scrape state and metrics once a service is gone (a watch handler: no diffbase)."""
+    if type != "DELETED":
+        return
     namespace = namespace or "default"
     SCRAPER.forget(namespace, name)
     for state in ("desired", "current", "ready"):

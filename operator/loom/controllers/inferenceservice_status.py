@@ -117,7 +117,7 @@ def build_status(
         not rolled_back and o.target == o.latest and not others_left and target_ready >= min(1, o.desired)
     )
     stable = o.latest if complete and target_ready > 0 else o.stable
-    canary = o.latest if not rolled_back and o.latest != stable else None
+    canary = o.latest if stable and not rolled_back and o.latest != stable else None
 
     c: list[Condition] = []
     prev = previous.conditions
