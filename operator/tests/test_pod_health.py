@@ -173,40 +173,50 @@ def test_not_ready_pod_is_replaced_first_and_alone() -> None:
         Pod("bad-node", created=2).ready().on("gpu-node-3"),
         Pod("stuck", created=3).ready(at=3).not_ready(at=10),
     )
-    plan = plan_replacements(views, {"rev1"}, {"gpu-node-3": "node gpu-node-3 unhealthy"}, SPEC, min_ready=1)
+    plan = plan_replacements(
+        views, {"rev1"}, {"gpu-node-3": "node gpu-node-3 unhealthy"}, SPEC, min_ready=1, expected=0
+    )
     assert [v.name for v in plan.delete] == ["stuck"]
     assert {i.reason for i in plan.issues} == {"NotReady", "GPUUnhealthy"}
 
 
-def test_nothing_is_replaced_while_a_pod_terminates() -> None:
-    views = views_of(Pod("old").ready().terminating(), Pod("stuck").ready(at=3).not_ready(at=10))
-    assert plan_replacements(views, {"rev1"}, {}, SPEC, min_ready=1).delete == ()
+def test_nothing_is_replaced_until_the_last_replacement_pod_exists() -> None:
+    views = views_of(
+        Pod("old").ready().terminating(), Pod("a").ready(), Pod("stuck").ready(at=3).not_ready(at=10)
+    )
+    assert plan_replacements(views, {"rev1"}, {}, SPEC, min_ready=1, expected=3).delete == ()
+    views += views_of(Pod("new").staging())
+    assert [v.name for v in plan_replacements(views, {"rev1"}, {}, SPEC, min_ready=1, expected=3).delete] == [
+        "stuck"
+    ]
 
 
 def test_ready_pod_on_bad_gpu_waits_for_min_ready_and_asks_for_a_surge() -> None:
     bad = {"gpu-node-3": "unhealthy"}
     alone = views_of(Pod("a").ready().on("gpu-node-3"))
-    plan = plan_replacements(alone, {"rev1"}, bad, SPEC, min_ready=1)
+    plan = plan_replacements(alone, {"rev1"}, bad, SPEC, min_ready=1, expected=0)
     assert plan.delete == () and plan.surge == 1
     surged = views_of(Pod("a").ready().on("gpu-node-3"), Pod("b", created=5).ready())
-    plan = plan_replacements(surged, {"rev1"}, bad, SPEC, min_ready=1)
+    plan = plan_replacements(surged, {"rev1"}, bad, SPEC, min_ready=1, expected=0)
     assert [v.name for v in plan.delete] == ["a"] and plan.surge == 1  # surge held until a is gone
 
 
 def test_ready_pod_is_not_replaced_while_another_starts() -> None:
     views = views_of(Pod("a").ready().on("gpu-node-3"), Pod("b").ready(), Pod("c").staging())
-    plan = plan_replacements(views, {"rev1"}, {"gpu-node-3": "unhealthy"}, SPEC, min_ready=1)
+    plan = plan_replacements(views, {"rev1"}, {"gpu-node-3": "unhealthy"}, SPEC, min_ready=1, expected=0)
     assert plan.delete == () and plan.surge == 0
 
 
 def test_crash_loop_below_threshold_is_left_to_the_kubelet() -> None:
     views = views_of(Pod("a").crash_looping(2), Pod("b").ready())
-    assert plan_replacements(views, {"rev1"}, {}, SPEC, min_ready=1).issues == ()
+    assert plan_replacements(views, {"rev1"}, {}, SPEC, min_ready=1, expected=0).issues == ()
     views = views_of(Pod("a").crash_looping(3), Pod("b").ready())
-    assert [v.name for v in plan_replacements(views, {"rev1"}, {}, SPEC, min_ready=1).delete] == ["a"]
+    assert [v.name for v in plan_replacements(views, {"rev1"}, {}, SPEC, min_ready=1, expected=0).delete] == [
+        "a"
+    ]
 
 
 def test_gpu_replacement_can_be_switched_off() -> None:
     views = views_of(Pod("a").ready().on("n"), Pod("b").ready())
     spec = HealthSpec(replaceOnUnhealthyGPU=False)
-    assert plan_replacements(views, {"rev1"}, {"n": "bad"}, spec, min_ready=1).issues == ()
+    assert plan_replacements(views, {"rev1"}, {"n": "bad"}, spec, min_ready=1, expected=0).issues == ()

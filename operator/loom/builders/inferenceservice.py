@@ -360,7 +360,8 @@ def plan_rollout(spec: InferenceServiceSpec, observed: ObservedRevisions) -> dic
     by_name = {r.name: r for r in observed.revisions}
     plan = {r.name: 0 for r in observed.revisions}
     target_ready = by_name[target].ready if target in by_name else 0
-    if observed.hold:
+    hold = observed.hold and target == observed.latest
+    if hold:
         target_ready = min(target_ready, step)
     others = [r for r in observed.revisions if r.name != target and r.name not in observed.failed]
     # Keep old capacity where the target lacks Ready pods: the stable revision first, then newest first.
@@ -375,5 +376,5 @@ def plan_rollout(spec: InferenceServiceSpec, observed: ObservedRevisions) -> dic
             plan[r.name] = have + take
             budget -= take
     kept = sum(plan[r.name] for r in others)
-    plan[target] = max(0, min(n, n + step - kept, step if observed.hold else n))
+    plan[target] = max(0, min(n, n + step - kept, step if hold else n))
     return plan

@@ -190,8 +190,9 @@ def reconcile(
     )
     target = rollout_target(observed)
 
+    expected = sum(r.replicas for r in observed.revisions)
     replacements = plan_replacements(
-        views, {target, stable or target}, bad_nodes, isvc.spec.health, isvc.spec.minReplicas
+        views, {target, stable or target}, bad_nodes, isvc.spec.health, isvc.spec.minReplicas, expected
     )
     replaced = _replace(ns, replacements.delete, replacements.issues)
     plan = plan_rollout(isvc.spec, observed)

@@ -342,23 +342,25 @@ def plan_replacements(
     unhealthy_nodes: Mapping[str, str],
     spec: HealthSpec,
     min_ready: int,
+    expected: int,
 ) -> Replacements:
     """Which pod of the given revisions to delete now (its Deployment makes a new one elsewhere).
 
-    One at a time: nothing while a pod is terminating; a Ready pod only when no other pod is still
-    starting and deleting it keeps at least `min_ready` Ready pods, else one surge replica is asked for.
-    NotReady pods go first: deleting them costs no serving capacity.
+    One at a time: nothing while the last replacement is not yet created (fewer pods than the
+    `expected` replicas); a Ready pod only when no other pod is still starting and deleting it keeps
+    at least `min_ready` Ready pods, else one surge replica is asked for. NotReady pods go first:
+    deleting them costs no serving capacity. Terminating pods no longer count (nor serve).
     """
     wanted = set(revisions)
     pods = live(views)
-    issues = [
+    issues = tuple(
         issue
         for v in pods
         if v.revision in wanted
         and (issue := _pod_issue(v, unhealthy_nodes.get(v.node or ""), spec)) is not None
-    ]
-    if not issues or any(v.terminating for v in views):
-        return Replacements(issues=tuple(issues))
+    )
+    if not issues or len(pods) < expected:
+        return Replacements(issues=issues)
     by_name = {v.name: v for v in pods}
     victims = sorted((by_name[i.pod] for i in issues), key=lambda v: (v.ready, v.created))
     ready = sum(1 for v in pods if v.ready)
@@ -366,11 +368,11 @@ def plan_replacements(
     floor = max(min_ready, 1)
     for victim in victims:
         if not victim.ready:
-            return Replacements(delete=(victim,), issues=tuple(issues))
+            return Replacements(delete=(victim,), issues=issues)
         if ready - 1 < floor:
             break
         if not starting:
             # Keep the surge replica (if that is what made room) until the victim is gone.
-            return Replacements(delete=(victim,), issues=tuple(issues), surge=int(ready - 2 < floor))
-        return Replacements(issues=tuple(issues))
-    return Replacements(issues=tuple(issues), surge=1)
+            return Replacements(delete=(victim,), issues=issues, surge=int(ready - 2 < floor))
+        return Replacements(issues=issues)
+    return Replacements(issues=issues, surge=1)
