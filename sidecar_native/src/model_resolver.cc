@@ -66,6 +66,9 @@ Result<ResolvedModel> ResolveModel(const std::string& uri, SourceOpener& opener,
   std::vector<std::string> shard_uris;
   std::optional<ShardIndex> index;
 
+  if (uri.find("://") != std::string::npos && !IsHttpUrl(uri) && !uri.starts_with("file://")) {
+    return Status::InvalidArgument("unsupported model URI \"" + uri + "\" (use a path, file://, http:// or https://)");
+  }
   if (IsHttpUrl(uri)) {
     LOOM_ASSIGN_OR_RETURN(ParsedUrl parsed, ParseUrl(uri));
     const std::string path = parsed.path.substr(0, parsed.path.find('?'));

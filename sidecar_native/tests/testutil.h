@@ -1,0 +1,108 @@
+// Helpers shared by the sidecar's tests: temporary directories (on /dev/shm by default, so
+// regions are real tmpfs files), safetensors builders, and an in-memory Source double.
+#ifndef LOOM_TESTS_TESTUTIL_H_
+#define LOOM_TESTS_TESTUTIL_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "loom/source.h"
+#include "loom/source_opener.h"
+
+namespace loom::testing {
+
+// A fresh directory removed (recursively) on destruction.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& parent = "/dev/shm");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string Join(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct TestTensor {
+  std::string name;
+  std::string dtype;
+  std::vector<uint64_t> shape;
+  uint64_t nbytes;  // the data is a deterministic pattern of this many bytes
+};
+
+// The deterministic content of tensor `name` (so tests can check bytes after staging).
+std::string TensorBytes(const std::string& name, uint64_t nbytes);
+// A valid safetensors file with the tensors laid out in the given order.
+std::string MakeSafetensors(const std::vector<TestTensor>& tensors,
+                            const std::map<std::string, std::string>& metadata = {});
+// 8-byte little-endian length + header + data, for hand-made (possibly invalid) files.
+std::string RawSafetensors(const std::string& header, const std::string& data = "");
+
+void WriteFile(const std::string& path, const std::string& bytes);
+std::string ReadFile(const std::string& path);
+
+// A Source over bytes in memory. Optionally fails the Nth ReadV (0-based) with `fail_with`.
+class MemorySource final : public Source {
+ public:
+  MemorySource(std::string uri, std::string bytes, std::string version = "v1")
+      : uri_(std::move(uri)), bytes_(std::move(bytes)), version_(std::move(version)) {}
+  const std::string& uri() const override { return uri_; }
+  uint64_t size() const override { return bytes_.size(); }
+  std::string version() const override { return version_; }
+  Status ReadV(uint64_t offset, std::span<const std::span<uint8_t>> pieces) const override;
+
+  int fail_on_read = -1;
+  Status fail_with = Status::IOError("injected read failure");
+  mutable std::atomic<int> reads{0};
+
+ private:
+  std::string uri_;
+  std::string bytes_;
+  std::string version_;
+};
+
+// Opens MemorySources by exact URI.
+class MemoryOpener final : public SourceOpener {
+ public:
+  void Add(const std::string& uri, std::string bytes, std::string version = "v1") {
+    files_[uri] = {std::move(bytes), std::move(version)};
+  }
+  Result<std::unique_ptr<Source>> Open(const std::string& uri) override;
+
+ private:
+  std::map<std::string, std::pair<std::string, std::string>> files_;
+};
+
+// A real HTTP server on 127.0.0.1 (cpp-httplib) serving in-memory files under /files/NAME with
+// Range support (done by httplib), ETags, optional injected failures and request counting.
+class FileServer {
+ public:
+  FileServer();
+  ~FileServer();
+  FileServer(const FileServer&) = delete;
+  FileServer& operator=(const FileServer&) = delete;
+
+  void Put(const std::string& name, std::string bytes);
+  std::string Url(const std::string& name) const;  // http://127.0.0.1:PORT/files/NAME
+  int port() const { return port_; }
+
+  std::atomic<int> fail_next_gets{0};  // answer this many GETs with 503 first
+  std::atomic<bool> refuse_head{false};
+  std::atomic<int> gets{0};
+  std::atomic<int> ranged_gets{0};
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int port_ = 0;
+};
+
+}  // namespace loom::testing
+
+#endif  // LOOM_TESTS_TESTUTIL_H_
