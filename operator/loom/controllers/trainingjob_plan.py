@@ -439,11 +439,11 @@ class _Decision:
             self.st.excludedNodes = sorted(set(self.st.excludedNodes) | set(lost))[-MAX_EXCLUDED_NODES:]
         if self.spec.elastic is not None:
             self.st.replicas = 0  # chosen again when the new gang is created
-        text = f"attempt {old} ended ({message}); starting attempt {self.st.attempt}"
+        text = f"{reason}: attempt {old} ended ({message}); starting attempt {self.st.attempt}"
         if counted:
             text += f", restart {self.st.restartCount} of {self.spec.runPolicy.backoffLimit}"
         self._set(RESTARTING, True, reason, text, quiet=True)
-        self.plan.events.append(Event("Warning", "Restarting", f"{reason}: {text}"))
+        self.plan.events.append(Event("Warning", "Restarting", text))
         self._unset(RUNNING, reason, text)
         self.plan.restart_reason = reason
 
@@ -554,7 +554,9 @@ class _Decision:
         restarted = self._is(RESTARTING)
         message = f"all {self.st.replicas} pods of attempt {self.st.attempt} are Running"
         self._set(RUNNING, True, "GangRunning", message)
-        self._unset(RESTARTING, "GangRunning", message)
+        restarting = self._cond(RESTARTING)
+        if restarting is not None:  # keep what the last restart was about
+            self._unset(RESTARTING, "GangRunning", restarting.message)
         self.st.gangTimeouts = 0
         since = (
             self._first_created(live) if restarted else parse_time(self.job.metadata.get("creationTimestamp"))
