@@ -172,7 +172,7 @@ def build_status(
     elif ready:
         phase = (
             ServicePhase.DEGRADED
-            if rolled_back or ready < o.desired or o.replacements.issues
+            if rolled_back or ready < o.desired or any(not i.load_failure for i in o.replacements.issues)
             else ServicePhase.READY
         )
     else:
@@ -261,7 +261,17 @@ def events(
         out.append(
             ("Warning", "PodReplaced", f"pod {o.replaced.pod}: {o.replaced.reason}: {o.replaced.message}")
         )
+    seen = {(i.pod, i.reason) for i in previous.health.unhealthyPods}
+    for issue in o.replacements.issues:
+        if (issue.pod, issue.reason) not in seen:
+            reason = "ModelFailedToLoad" if issue.load_failure else "PodUnhealthy"
+            out.append(("Warning", reason, f"pod {issue.pod}: {issue.reason}: {issue.message}"))
     m, pm = new.modelStatus, previous.modelStatus
-    if m.state == ModelState.FAILED_TO_LOAD and (pm.state != m.state or pm.revision != m.revision):
+    reported = any(i.load_failure for i in o.replacements.issues if (i.pod, i.reason) not in seen)
+    if (
+        m.state == ModelState.FAILED_TO_LOAD
+        and (pm.state != m.state or pm.revision != m.revision)
+        and not reported
+    ):
         out.append(("Warning", "ModelFailedToLoad", f"revision {m.revision}: {m.reason}: {m.message}"))
     return out

@@ -61,6 +61,7 @@ class PodView:
     ip: str | None
     created: str
     terminating: bool
+    failed: bool  # phase Failed: no longer counted by its ReplicaSet, which has replaced it
     ready: bool
     ready_seconds: float | None  # Ready this long (since the Ready condition turned True)
     model: PodModel
@@ -73,6 +74,7 @@ class Issue:
     pod: str
     reason: str
     message: str
+    load_failure: bool = False  # the pod failed to stage the model (reported, not replaced)
 
 
 def parse_time(value: str | datetime | None) -> datetime | None:
@@ -234,6 +236,7 @@ def view(pod: Mapping[str, Any], now: datetime) -> PodView:
         ip=(pod.get("status") or {}).get("podIP"),
         created=str(meta.get("creationTimestamp") or ""),
         terminating=bool(meta.get("deletionTimestamp")),
+        failed=(pod.get("status") or {}).get("phase") == "Failed",
         ready=is_ready(pod),
         ready_seconds=ready_seconds(pod, now),
         model=pod_model(pod),
@@ -332,7 +335,7 @@ def _pod_issue(v: PodView, node_problem: str | None, spec: HealthSpec) -> Issue 
 @dataclass(frozen=True)
 class Replacements:
     delete: tuple[PodView, ...] = ()  # at most one pod: replace one at a time
-    issues: tuple[Issue, ...] = ()  # every unhealthy pod, for status
+    issues: tuple[Issue, ...] = ()  # every unhealthy pod and every pod that failed to load, for status
     surge: int = 0  # extra replica wanted so a Ready-but-unhealthy pod can go without dropping below min
 
 
@@ -352,7 +355,12 @@ def plan_replacements(
     deleting them costs no serving capacity. Terminating pods no longer count (nor serve).
     """
     wanted = set(revisions)
-    pods = live(views)
+    failures = tuple(
+        Issue(v.name, v.model.reason, v.model.message, load_failure=True)
+        for v in live(views)
+        if v.model.state == ModelState.FAILED_TO_LOAD
+    )
+    pods = [v for v in live(views) if not v.failed and v.model.state != ModelState.FAILED_TO_LOAD]
     issues = tuple(
         issue
         for v in pods
@@ -360,12 +368,13 @@ def plan_replacements(
         and (issue := _pod_issue(v, unhealthy_nodes.get(v.node or ""), spec)) is not None
     )
     if not issues or len(pods) < expected:
-        return Replacements(issues=issues)
+        return Replacements(issues=issues + failures)
     by_name = {v.name: v for v in pods}
     victims = sorted((by_name[i.pod] for i in issues), key=lambda v: (v.ready, v.created))
     ready = sum(1 for v in pods if v.ready)
     starting = any(not v.ready and v.name not in {i.pod for i in issues} for v in pods)
     floor = max(min_ready, 1)
+    issues += failures
     for victim in victims:
         if not victim.ready:
             return Replacements(delete=(victim,), issues=issues)
