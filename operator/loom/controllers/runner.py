@@ -54,7 +54,7 @@ def run(*, namespaces: list[str], metrics_port: int, peering: str | None, livene
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=peering is None,
-            peering_name=peering or "default",
+            peering_name=peering,
             liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
         )
     )
