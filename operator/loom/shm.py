@@ -485,11 +485,13 @@ class StagedModel(Mapping[str, npt.NDArray[Any]]):
         import torch as _torch
 
         def convert(t: TensorInfo) -> _torch.Tensor:
+            target = getattr(_torch, _TORCH_DTYPES.get(t.dtype, "uint8"), None)
+            if t.nbytes == 0 and target is not None and t.dtype in _TORCH_DTYPES:
+                return _torch.empty(t.shape, dtype=target)
             raw = _numpy_view(self._base, TensorInfo(t.name, "U8", (t.nbytes,), t.offset, t.nbytes))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "non-writable array": intended
                 flat = _torch.from_numpy(raw)
-            target = getattr(_torch, _TORCH_DTYPES.get(t.dtype, "uint8"), None)
             if target is None or t.dtype not in _TORCH_DTYPES:
                 return flat
             return flat.view(target).reshape(t.shape)

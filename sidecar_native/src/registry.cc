@@ -67,7 +67,7 @@ Status ModelRegistry::Begin(const std::string& name, const std::string& uri, std
 Status ModelRegistry::Load(const std::string& name, const std::string& uri) {
   std::shared_ptr<Entry> entry;
   LOOM_RETURN_IF_ERROR(Begin(name, uri, &entry));
-  return Run(name, uri, entry.get());
+  return Run(name, uri, entry.get(), /*log_failure=*/false);
 }
 
 Status ModelRegistry::StartLoad(const std::string& name, const std::string& uri) {
@@ -78,7 +78,7 @@ Status ModelRegistry::StartLoad(const std::string& name, const std::string& uri)
   if (auto it = loaders_.find(name); it != loaders_.end()) previous = std::move(it->second);
   loaders_[name] = std::thread([this, name, uri, entry, prev = std::move(previous)]() mutable {
     if (prev.joinable()) prev.join();  // finished: its entry is no longer Loading
-    (void)Run(name, uri, entry.get());
+    (void)Run(name, uri, entry.get(), /*log_failure=*/true);
   });
   return Status::OK();
 }
@@ -104,7 +104,7 @@ bool ModelRegistry::TryAdopt(const std::string& name, const std::string& uri, co
   return true;
 }
 
-Status ModelRegistry::Run(const std::string& name, const std::string& uri, Entry* entry) {
+Status ModelRegistry::Run(const std::string& name, const std::string& uri, Entry* entry, bool log_failure) {
   const auto start = std::chrono::steady_clock::now();
   (void)WriteModelState(env_, dir_, name, "loading", uri, Status::OK());
   Status status;
@@ -146,7 +146,7 @@ Status ModelRegistry::Run(const std::string& name, const std::string& uri, Entry
   if (!status.ok()) {
     metrics_->RecordFailure(CodeName(status.code()));
     (void)WriteModelState(env_, dir_, name, "failed", uri, status);
-    std::fprintf(stderr, "loom-sidecar: %s\n", status.ToString().c_str());
+    if (log_failure) std::fprintf(stderr, "loom-sidecar: %s\n", status.ToString().c_str());
     return status;
   }
   (void)WriteModelState(env_, dir_, name, "loaded", uri, Status::OK());

@@ -77,7 +77,8 @@ class ModelRegistry {
   };
 
   Status Begin(const std::string& name, const std::string& uri, std::shared_ptr<Entry>* entry);
-  Status Run(const std::string& name, const std::string& uri, Entry* entry);
+  // Background loads log their failure (nobody else sees it); synchronous ones leave it to the caller.
+  Status Run(const std::string& name, const std::string& uri, Entry* entry, bool log_failure);
   // Adopts when the manifest on disk matches `uri`, the options and the sources' fingerprints.
   bool TryAdopt(const std::string& name, const std::string& uri, const ResolvedModel& model, Entry* entry);
 
