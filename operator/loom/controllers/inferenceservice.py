@@ -109,7 +109,8 @@ class _QuietTicks(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (record.levelno <= logging.INFO and "'inferenceservice_tick'" in message)
+        quiet = ("'inferenceservice_tick'", "'inferenceservice_forget'")
+        return not (record.levelno <= logging.INFO and any(name in message for name in quiet))
 
 
 logging.getLogger("kopf.objects").addFilter(_QuietTicks())
@@ -138,7 +139,7 @@ def inferenceservice_tick(
 
 
 @kopf.on.event(GROUP, VERSION, "inferenceservices")
-def forget(type: str, namespace: str | None, name: str, **_: Any) -> None:
+def inferenceservice_forget(type: str, namespace: str | None, name: str, **_: Any) -> None:
     """Drop per-service scrape state and metrics once a service is gone (a watch handler: no diffbase)."""
     if type != "DELETED":
         return
