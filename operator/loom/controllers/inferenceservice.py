@@ -70,6 +70,7 @@ from loom.health.pods import (
 KIND = "InferenceService"
 TICK_SECONDS = float(os.environ.get("LOOM_INFERENCE_TICK_SECONDS") or 1.0)
 SIDECAR = SidecarConfig(image=os.environ.get("LOOM_SIDECAR_IMAGE") or DEFAULT_SIDECAR_IMAGE)
+SERVICE_RESYNC_SECONDS = 60.0
 SCRAPER = ScrapeSource(os.environ.get("LOOM_METRICS_URL_TEMPLATE") or DEFAULT_URL_TEMPLATE)
 log = logging.getLogger(__name__)
 
@@ -228,8 +229,12 @@ def reconcile(
 
 
 def _stored_status(body: Mapping[str, Any]) -> InferenceServiceStatus:
+    """The stored status; fields other writers added (e.g. Kopf's) are ignored, not fatal."""
+    stored = body.get("status") or {}
     try:
-        return InferenceServiceStatus.model_validate(body.get("status") or {})
+        return InferenceServiceStatus.model_validate(
+            {k: v for k, v in stored.items() if k in InferenceServiceStatus.model_fields}
+        )
     except ValidationError:
         log.warning("unreadable status of %s; starting afresh", body["metadata"]["name"])
         return InferenceServiceStatus()
@@ -349,11 +354,13 @@ def _differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
 
 
 def _ensure_service(isvc: InferenceService, memo: Any) -> None:
+    """Apply the Service when it changed, and once a minute anyway (it is not watched)."""
     service = desired_service(isvc)
     digest = hashlib.sha256(json.dumps(service, sort_keys=True).encode()).hexdigest()
-    if memo.get("service") != digest:
+    applied = memo.get("service") or ("", 0.0)
+    if applied[0] != digest or time.monotonic() - applied[1] > SERVICE_RESYNC_SECONDS:
         kube.apply(service)
-        memo["service"] = digest
+        memo["service"] = (digest, time.monotonic())
 
 
 def _record_metrics(ns: str, name: str, status: InferenceServiceStatus, decision: Decision | None) -> None:
