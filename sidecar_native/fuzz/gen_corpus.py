@@ -129,6 +129,7 @@ def invalid_safetensors() -> dict[str, bytes]:
     out["enum_map_unknown.bin"] = st('{"a":{"dtype":{"X":null},"shape":[1],"data_offsets":[0,1]}}', b"z")
     out["whitespace_only.bin"] = st("   ")
     out["empty_header.bin"] = st("")
+    out["error_message_splits_utf8.bin"] = st('{"a":{"dtype":"U8","shape":[2],"data_offsets":[0\ufffd 2]}}'.encode(), b"ab")
     out["formfeed_whitespace.bin"] = st("{}\x0c")
     return out
 

@@ -82,7 +82,7 @@ int Inspect(const CliOptions& o) {
                   shape.c_str(), static_cast<unsigned long long>(t.nbytes()));
     }
   }
-  if (o.json) std::cout << results.dump(1) << std::endl;
+  if (o.json) std::cout << results.dump(1, ' ', false, json::error_handler_t::replace) << std::endl;
   return ExitCodeFor(first_error);
 }
 
@@ -120,7 +120,7 @@ int Stage(const CliOptions& o) {
     if (!s.ok() && first_error.ok()) first_error = s;
     if (std::optional<ModelInfo> info = registry.Get(m.name)) out.push_back(ModelJson(*info));
   }
-  std::cout << json{{"models", out}}.dump() << std::endl;
+  std::cout << json{{"models", out}}.dump(-1, ' ', false, json::error_handler_t::replace) << std::endl;
   return first_error.ok() ? 0 : Fail(o, first_error);
 }
 

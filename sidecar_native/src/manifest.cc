@@ -98,7 +98,7 @@ std::string SerializeManifest(const Manifest& m) {
                        {"nbytes", t.nbytes}});
   }
   j["tensors"] = std::move(tensors);
-  return j.dump(1) + "\n";
+  return j.dump(1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 Result<Manifest> ParseManifest(std::string_view text) {

@@ -52,6 +52,9 @@ std::optional<uint64_t> AsUsize(const json& v) {
   return v.get<uint64_t>();
 }
 
+// The start of a JSON value for an error message, cut on a character boundary.
+std::string Snippet(const json& v) { return SanitizeUtf8(v.dump().substr(0, 80)); }
+
 std::string Quoted(std::string_view name) { return "`" + std::string(name) + "`"; }
 
 Result<Dtype> ParseDtypeValue(const std::string& tensor, const json& v) {
@@ -116,7 +119,7 @@ Result<TensorInfo> ParseTensorEntry(const std::string& name, const json& v) {
     dtype = &v[0], shape = &v[1], offsets = &v[2];
   } else {
     return Invalid("tensor " + Quoted(name) +
-                   ": entry must be an object {dtype, shape, data_offsets}, got " + v.dump().substr(0, 80));
+                   ": entry must be an object {dtype, shape, data_offsets}, got " + Snippet(v));
   }
   LOOM_ASSIGN_OR_RETURN(info.dtype, ParseDtypeValue(name, *dtype));
   LOOM_ASSIGN_OR_RETURN(info.shape, ParseShape(name, *shape));
@@ -206,13 +209,13 @@ class HeaderCollector {
       if (value.is_null()) {
         metadata_.reset();
       } else if (!value.is_object()) {
-        Fail(Invalid("__metadata__ must be an object of string values, got " + value.dump().substr(0, 80)));
+        Fail(Invalid("__metadata__ must be an object of string values, got " + Snippet(value)));
       } else {
         std::map<std::string, std::string> meta;
         for (auto it = value.begin(); it != value.end(); ++it) {
           if (!it.value().is_string()) {
             Fail(Invalid("__metadata__ value for key \"" + it.key() + "\" must be a string, got " +
-                         it.value().dump().substr(0, 80)));
+                         Snippet(it.value())));
             return false;
           }
           meta[it.key()] = it.value().get<std::string>();
@@ -319,7 +322,8 @@ Result<SafetensorsHeader> ParseHeaderJson(std::string_view text, uint64_t file_s
         },
         /*allow_exceptions=*/true, /*ignore_comments=*/false);
   } catch (const json::exception& e) {
-    return Invalid(std::string("invalid JSON in header: ") + e.what());
+    // nlohmann quotes the last bytes read, which may cut a multi-byte character in half.
+    return Invalid("invalid JSON in header: " + SanitizeUtf8(e.what()));
   }
   if (!root.is_object()) return Invalid("header must be a JSON object, got " + std::string(root.type_name()));
   if (!collector.error().ok()) return collector.error();

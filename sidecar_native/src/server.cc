@@ -38,7 +38,7 @@ json InfoJson(const ModelInfo& info, const std::string& dir) {
 
 void Reply(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump() + "\n", "application/json");
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace) + "\n", "application/json");
 }
 
 void ReplyError(httplib::Response& res, const Status& s) {

@@ -120,7 +120,8 @@ Status WriteModelState(Env* env, const std::string& dir, const std::string& name
     j["reason"] = error.ToString();
     j["exit_code"] = ExitCodeFor(error);
   }
-  return env->WriteFileAtomic(JoinPath(dir, StateFileName(name)), j.dump() + "\n");
+  return env->WriteFileAtomic(JoinPath(dir, StateFileName(name)),
+                              j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 
 void RemoveStaleFiles(Env* env, const std::string& dir, const std::string& name, const std::string& keep_generation) {

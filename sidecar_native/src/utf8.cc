@@ -44,4 +44,20 @@ std::optional<size_t> FindInvalidUtf8(std::string_view bytes) {
   return std::nullopt;
 }
 
+std::string SanitizeUtf8(std::string_view bytes) {
+  std::string out;
+  out.reserve(bytes.size());
+  while (!bytes.empty()) {
+    std::optional<size_t> bad = FindInvalidUtf8(bytes);
+    if (!bad) {
+      out.append(bytes);
+      break;
+    }
+    out.append(bytes.substr(0, *bad));
+    out.append("\xEF\xBF\xBD");
+    bytes.remove_prefix(*bad + 1);
+  }
+  return out;
+}
+
 }  // namespace loom

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "loom/utf8.h"
 #include "testutil.h"
 
 namespace loom {
@@ -96,6 +97,14 @@ TEST(SafetensorsTest, RejectsInvalidJson) {
   ExpectRejected(RawSafetensors("{\"x\":1e400}"), "invalid JSON");     // out of range, as serde_json
   ExpectRejected(RawSafetensors("[]"), "must be a JSON object");
   ExpectRejected(RawSafetensors("null"), "must be a JSON object");
+}
+
+TEST(SafetensorsTest, ErrorMessagesAreValidUtf8) {
+  // nlohmann's message quotes the bytes last read, here half of a U+FFFD.
+  Result<SafetensorsHeader> r =
+      Parse(RawSafetensors("{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0\xEF\xBF\xBD 2]}}", "ab"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_FALSE(FindInvalidUtf8(r.status().message())) << r.status().message();
 }
 
 TEST(SafetensorsTest, NestingLimitMatchesSerde) {

@@ -28,5 +28,12 @@ TEST(Utf8Test, RejectsWhatRustRejects) {
   EXPECT_EQ(FindInvalidUtf8("\xF5\x80\x80\x80"), 0u);      // F5 never valid
 }
 
+TEST(Utf8Test, SanitizeReplacesOnlyBrokenSequences) {
+  EXPECT_EQ(SanitizeUtf8("caf\xC3\xA9"), "caf\xC3\xA9");
+  EXPECT_EQ(SanitizeUtf8("a\xEF\xBF"), "a\xEF\xBF\xBD\xEF\xBF\xBD");  // a cut U+FFFD: two bad bytes
+  EXPECT_EQ(SanitizeUtf8("\xFFx"), "\xEF\xBF\xBDx");
+  EXPECT_FALSE(FindInvalidUtf8(SanitizeUtf8("\xC0\xAF\xED\xA0\x80z")));
+}
+
 }  // namespace
 }  // namespace loom

@@ -5,12 +5,16 @@
 
 #include <cstddef>
 #include <optional>
+#include <string>
 #include <string_view>
 
 namespace loom {
 
 // nullopt when `bytes` is valid UTF-8, else the offset of the first invalid sequence.
 std::optional<size_t> FindInvalidUtf8(std::string_view bytes);
+
+// `bytes` with every invalid sequence replaced by U+FFFD, safe to put in JSON and logs.
+std::string SanitizeUtf8(std::string_view bytes);
 
 }  // namespace loom
 
