@@ -36,8 +36,10 @@ for t in "${targets[@]}"; do
     "$exe" -runs=1 "$regressions"/* >"$scratch/$t.replay.log" 2>&1 || { tail -40 "$scratch/$t.replay.log" >&2; die "$t crashed on a regression input"; }
   fi
   mkdir -p "$scratch/$t"
+  dict=()
+  [[ -f $SIDECAR_DIR/fuzz/$t.dict ]] && dict=(-dict="$SIDECAR_DIR/fuzz/$t.dict")
   log "$t: fuzzing for ${seconds}s from $(find "$seeds" -type f | wc -l) seeds"
-  if ! "$exe" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+  if ! "$exe" "${dict[@]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
       -artifact_prefix="$artifacts/$t-" -print_final_stats=1 "$scratch/$t" "$seeds" >"$scratch/$t.log" 2>&1; then
     tail -60 "$scratch/$t.log" >&2
     die "$t found a failure; the input is under $artifacts"
