@@ -116,22 +116,29 @@ def best(times: list[float]) -> tuple[float, float]:
 def run_baseline(baseline: str, model: Path, reps: int, scratch: Path) -> tuple[float, float, int]:
     times, nbytes = [], 0
     for i in range(reps):
-        out = subprocess.run([baseline, str(model), str(scratch / f"baseline{i}")], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [baseline, str(model), str(scratch / f"baseline{i}")], capture_output=True, text=True, check=True
+        )
         r = json.loads(out.stdout)
         times.append(r["seconds"])
         nbytes = r["bytes"]
     return (*best(times), nbytes)
 
 
-def run_stage(sidecar: str, model: Path, reps: int, scratch: Path, extra: list[str]) -> tuple[float, float, float, int]:
+def run_stage(
+    sidecar: str, model: Path, reps: int, scratch: Path, extra: list[str]
+) -> tuple[float, float, float, int]:
     times, walls, nbytes = [], [], 0
     for i in range(reps):
         d = scratch / f"stage{i}"
         d.mkdir()
         t = time.perf_counter()
-        out = subprocess.run([sidecar, "stage", "--dir", str(d), "--termination-log", "", *extra, f"m={model}"],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sidecar, "stage", "--dir", str(d), "--termination-log", "", *extra, f"m={model}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         walls.append(time.perf_counter() - t)
         m = json.loads(out.stdout)["models"][0]
         assert m["state"] == "Loaded" and not m["adopted"], m
@@ -198,20 +205,28 @@ print(json.dumps({"open_ms": (t2 - t1) * 1e3, "import_ms": (t1 - t0) * 1e3, "ten
 def second_consumer(directory: Path, name: str, reps: int) -> dict[str, float]:
     runs = []
     for _ in range(reps):
-        out = subprocess.run([sys.executable, "-c", CONSUMER, name, str(directory)], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CONSUMER, name, str(directory)], capture_output=True, text=True, check=True
+        )
         runs.append(json.loads(out.stdout))
     ms = [r["open_ms"] for r in runs]
-    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "tensors": runs[0]["tensors"],
-            "bytes": runs[0]["bytes"], "import_ms": statistics.median(r["import_ms"] for r in runs)}
+    return {
+        "median_ms": statistics.median(ms),
+        "min_ms": min(ms),
+        "tensors": runs[0]["tensors"],
+        "bytes": runs[0]["bytes"],
+        "import_ms": statistics.median(r["import_ms"] for r in runs),
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sidecar", required=True)
     ap.add_argument("--baseline", required=True)
-    ap.add_argument("--work", default=os.path.join(os.environ.get("LOOM_HOME", os.path.expanduser("~/.cache/loom")),
-                                                  "bench"))
+    ap.add_argument(
+        "--work",
+        default=os.path.join(os.environ.get("LOOM_HOME", os.path.expanduser("~/.cache/loom")), "bench"),
+    )
     ap.add_argument("--large-gb", type=float, default=8.0)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--consumer-reps", type=int, default=7)
@@ -229,8 +244,13 @@ def main() -> int:
     size = model.stat().st_size
     read_through(model)
     cached = read_through(model)
-    print(f"model: {model} ({size / GB:.2f} GB, {len(small_layout)} tensors); page-cache read {cached:.1f} GB/s")
-    print(f"machine: {os.cpu_count()} CPUs, MemAvailable {mem_available() / GB:.1f} GB, /dev/shm free {shm_free() / GB:.1f} GB")
+    print(
+        f"model: {model} ({size / GB:.2f} GB, {len(small_layout)} tensors); page-cache read {cached:.1f} GB/s"
+    )
+    print(
+        f"machine: {os.cpu_count()} CPUs, MemAvailable {mem_available() / GB:.1f} GB, "
+        f"/dev/shm free {shm_free() / GB:.1f} GB"
+    )
     if shm_free() < 3 * size:
         print("not enough /dev/shm for the 2 GB runs", file=sys.stderr)
         return 1
@@ -265,15 +285,20 @@ def main() -> int:
         # Second consumer at ~2 GB.
         stage_dir = scratch / "consumer"
         stage_dir.mkdir()
-        subprocess.run([args.sidecar, "stage", "--dir", str(stage_dir), "--termination-log", "", f"m={model}"],
-                       capture_output=True, check=True)
+        subprocess.run(
+            [args.sidecar, "stage", "--dir", str(stage_dir), "--termination-log", "", f"m={model}"],
+            capture_output=True,
+            check=True,
+        )
         e_small = second_consumer(stage_dir, "m", args.consumer_reps)
         shutil.rmtree(stage_dir)
 
         # The larger model: as close to --large-gb as /dev/shm and free memory allow.
         room = min(shm_free(), mem_available()) * 0.6
         target = min(args.large_gb * GB, room)
-        large_note = "" if target >= args.large_gb * GB else f" (capped from {args.large_gb:g} GB by free memory)"
+        large_note = (
+            "" if target >= args.large_gb * GB else f" (capped from {args.large_gb:g} GB by free memory)"
+        )
         d_large = 2896  # 32 layers at sqrt(2) x the width: ~2x the tensors, ~4x the bytes of the 2 GB model
         layers = 32
         while layers > 1 and sum(2 * int(np.prod(s)) for _, s in llama_like(d_large, layers)) > target:
@@ -284,25 +309,52 @@ def main() -> int:
             write_model(large, large_layout, sparse=True)  # a hole: nothing to read from disk
         stage_dir = scratch / "large"
         stage_dir.mkdir()
-        subprocess.run([args.sidecar, "stage", "--dir", str(stage_dir), "--termination-log", "", "--o-direct",
-                        f"big={large}"], capture_output=True, check=True)
+        subprocess.run(
+            [
+                args.sidecar,
+                "stage",
+                "--dir",
+                str(stage_dir),
+                "--termination-log",
+                "",
+                "--o-direct",
+                f"big={large}",
+            ],
+            capture_output=True,
+            check=True,
+        )
         e_large = second_consumer(stage_dir, "big", args.consumer_reps)
         shutil.rmtree(stage_dir)
 
-        print(f"\n(e) second consumer: new process, open_model + numpy view of every tensor "
-              f"(median of {args.consumer_reps}; python start-up and imports excluded)")
-        for label, e in (("~2 GB", e_small), (f"{e_large['bytes'] / GB:.1f} GB{large_note}", e_large)):
-            print(f"    {label:34s} {e['median_ms']:6.2f} ms (min {e['min_ms']:.2f}) for {e['tensors']} tensors, "
-                  f"{e['bytes'] / GB:.2f} GB; `import loom.shm` {e['import_ms']:.0f} ms")
+        print(
+            f"\n(e) second consumer: new process, open_model + numpy view of every tensor "
+            f"(median of {args.consumer_reps}; python start-up and imports excluded)"
+        )
+        large_label = f"{e_large['bytes'] / GB:.1f} GB{large_note}"
+        for label, e in (("~2 GB", e_small), (large_label, e_large)):
+            print(
+                f"    {label:34s} {e['median_ms']:6.2f} ms (min {e['min_ms']:.2f}) "
+                f"for {e['tensors']} tensors, "
+                f"{e['bytes'] / GB:.2f} GB; `import loom.shm` {e['import_ms']:.0f} ms"
+            )
 
         stage_rate = rate(b_bytes, b_best)
         peer = max(rate(c_bytes, c_best), rate(d_bytes, d_best) if d_bytes else 0.0)
         checks = [
-            ("staging / (a) pread loop", stage_rate / rate(a_bytes, a_best), ">= 0.90", stage_rate / rate(a_bytes, a_best) >= 0.90),
+            (
+                "staging / (a) pread loop",
+                stage_rate / rate(a_bytes, a_best),
+                ">= 0.90",
+                stage_rate / rate(a_bytes, a_best) >= 0.90,
+            ),
             ("staging / max(c, d)", stage_rate / peer, ">= 1.0", stage_rate / peer >= 1.0),
             ("second consumer at ~2 GB (ms)", e_small["median_ms"], "<= 5", e_small["median_ms"] <= 5),
-            ("second consumer large / 2 GB", e_large["median_ms"] / e_small["median_ms"], "<= 2.0",
-             e_large["median_ms"] / e_small["median_ms"] <= 2.0),
+            (
+                "second consumer large / 2 GB",
+                e_large["median_ms"] / e_small["median_ms"],
+                "<= 2.0",
+                e_large["median_ms"] / e_small["median_ms"] <= 2.0,
+            ),
         ]
         print(f"\n{'ratio':40s} {'value':>8s}  target   ")
         for label, value, target_s, ok in checks:
