@@ -147,10 +147,9 @@ def main() -> int:
     kubectl("wait", "--for=condition=Established", "crd/inferenceservices.loom.ml", "--timeout=60s")
     load = LoadServer()
     log = Path(tempfile.mkdtemp()) / "operator.log"
-    operator = Operator(
-        log, env={"KUBECONFIG": os.environ["KUBECONFIG"], "LOOM_METRICS_URL_TEMPLATE": load.template}
-    )
     ns = f"bench-isvc-{uuid.uuid4().hex[:6]}"
+    env = {"KUBECONFIG": os.environ["KUBECONFIG"], "LOOM_METRICS_URL_TEMPLATE": load.template}
+    operator = Operator(log, env=env, args=["--namespace", ns])  # never touches other sessions' objects
     kubectl("create", "namespace", ns)
     operator.start()
     try:
