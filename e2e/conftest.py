@@ -7,11 +7,14 @@ Without any of them the suite fails loudly: it is never skipped silently.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -46,10 +49,47 @@ def _start_cluster() -> str:
     )
 
 
+def _session_namespaces(prefix: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(kubectl("get", "namespaces", "-o", "json"))["items"]
+    return [n for n in items if n["metadata"]["name"].startswith(prefix)]
+
+
+def _wait_for_namespaces_gone(prefix: str, timeout: float = 120) -> None:
+    try:
+        wait_for(
+            lambda: not _session_namespaces(prefix), timeout=timeout, what=f"namespaces {prefix}* deleted"
+        )
+    except TimeoutError:
+        _release_stuck_namespaces(prefix, older_than_seconds=0)
+
+
+def _release_stuck_namespaces(prefix: str = "e2e-", older_than_seconds: float = 300) -> None:
+    """Drop Loom finalizers in test namespaces left Terminating by an operator that is gone."""
+    now = datetime.now(UTC)
+    for ns in _session_namespaces(prefix):
+        deleted = ns["metadata"].get("deletionTimestamp")
+        if not deleted or (now - datetime.fromisoformat(deleted)).total_seconds() < older_than_seconds:
+            continue
+        name = ns["metadata"]["name"]
+        for plural in ("trainingjobs", "inferenceservices", "featurepipelines"):
+            for obj in kubectl("get", f"{plural}.loom.ml", "-n", name, "-o", "name").split():
+                kubectl(
+                    "patch",
+                    obj,
+                    "-n",
+                    name,
+                    "--type=merge",
+                    "-p",
+                    '{"metadata":{"finalizers":null}}',
+                    check=False,
+                )
+
+
 @pytest.fixture(scope="session")
 def kubeconfig() -> str:
     path = _start_cluster()
     os.environ["KUBECONFIG"] = path
+    _release_stuck_namespaces()
     kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "crds"))
     for crd in ("trainingjobs", "inferenceservices", "featurepipelines"):
         kubectl("wait", "--for=condition=Established", f"crd/{crd}.loom.ml", "--timeout=60s")
@@ -63,6 +103,8 @@ def operator(kubeconfig: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     op = Operator(log, env={"KUBECONFIG": kubeconfig}, args=["--namespace", f"{NAMESPACE_PREFIX}*"])
     op.start()
     yield op
+    # Loom's finalizers need the operator: let it see this session's namespaces go before it stops.
+    _wait_for_namespaces_gone(NAMESPACE_PREFIX)
     op.stop()
     if os.environ.get("LOOM_E2E_SHOW_LOGS"):
         print(op.logs()[-20000:])
