@@ -69,7 +69,18 @@ def test_inferenceservice_has_scale_subresource() -> None:
 
 
 def test_short_names_do_not_clash_with_kserve_or_kubeflow() -> None:
-    taken = {"isvc", "tfjob", "pytorchjob", "ptj", "mpijob", "xgbjob", "trainjob", "sparkapp", "rayjob", "vcjob"}
+    taken = {
+        "isvc",
+        "tfjob",
+        "pytorchjob",
+        "ptj",
+        "mpijob",
+        "xgbjob",
+        "trainjob",
+        "sparkapp",
+        "rayjob",
+        "vcjob",
+    }
     names = {n for m in RESOURCES for n in m.info.short_names}
     assert names and not names & taken
 
@@ -84,5 +95,8 @@ def test_examples_parse_with_the_models(path: Path) -> None:
 def test_models_reject_what_the_crd_rejects() -> None:
     with pytest.raises(ValueError, match="maxReplicas"):
         FeaturePipeline.model_validate(
-            {"kind": "FeaturePipeline", "spec": {"source": {}, "transform": {}, "sinks": {}, "maxReplicas": 1}}
+            {
+                "kind": "FeaturePipeline",
+                "spec": {"source": {}, "transform": {}, "sinks": {}, "maxReplicas": 1},
+            }
         )

@@ -45,26 +45,21 @@ class Condition(KubeModel):
     )
 
 
-_OPEN_OBJECT = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+_OPEN_OBJECT: JsonDict = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+_CONTAINERS: JsonDict = {"type": "array", "minItems": 1, "items": _OPEN_OBJECT}
+_POD_SPEC: JsonDict = {**_OPEN_OBJECT, "required": ["containers"], "properties": {"containers": _CONTAINERS}}
+_POD_TEMPLATE: JsonDict = {
+    "type": "object",
+    "required": ["spec"],
+    "properties": {"metadata": _OPEN_OBJECT, "spec": _POD_SPEC},
+}
 
 
 def pod_template_field(description: str) -> Any:
     """A PodTemplateSpec: containers required here; the rest is validated as a Pod when Loom creates it."""
-    return Field(
-        description=description,
-        json_schema_extra={
-            "type": "object",
-            "required": ["spec"],
-            "properties": {
-                "metadata": _OPEN_OBJECT,
-                "spec": {
-                    **_OPEN_OBJECT,
-                    "required": ["containers"],
-                    "properties": {"containers": {"type": "array", "minItems": 1, "items": _OPEN_OBJECT}},
-                },
-            },
-        },
-    )
+    return Field(description=description, json_schema_extra=_POD_TEMPLATE)
 
 
 @dataclass(frozen=True)
