@@ -123,7 +123,10 @@ Status ModelRegistry::Run(const std::string& name, const std::string& uri, Entry
       status = r.status();
     }
   }
+  // Time to ready: up to the publication, without tearing down the writable mapping.
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::unique_ptr<WritableRegion> unmap_later;
+  if (staged && !staged->pinned) unmap_later = std::move(staged->region);
   status = status.Annotate("model " + name);
   uint64_t region_bytes = 0;
   {
@@ -138,7 +141,7 @@ Status ModelRegistry::Run(const std::string& name, const std::string& uri, Entry
       if (staged) {
         entry->info.manifest = std::move(staged->manifest);
         if (entry->pinned && entry->pinned->data()) (void)CudaHostUnregister(entry->pinned->data());
-        entry->pinned = std::move(staged->pinned_region);
+        if (staged->pinned) entry->pinned = std::move(staged->region);
       }
       region_bytes = entry->info.manifest->region_bytes;
     }

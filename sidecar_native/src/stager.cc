@@ -202,7 +202,8 @@ Result<StagedModel> StageModel(Env* env, const std::string& dir, const std::stri
   out.bytes = layout.data_bytes;
   out.seconds = seconds;
   out.manifest = std::move(manifest);
-  if (options.cuda_register) out.pinned_region = std::move(region);
+  out.pinned = options.cuda_register && region->size() > 0;
+  out.region = std::move(region);
   return out;
 }
 

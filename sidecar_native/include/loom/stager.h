@@ -35,9 +35,10 @@ struct StagedModel {
   Manifest manifest;
   uint64_t bytes = 0;      // tensor bytes copied
   double seconds = 0;      // from the start of StageModel to the manifest rename
-  // Kept mapped only when the region was registered with CUDA (the registration lives as long
-  // as the mapping); null otherwise.
-  std::unique_ptr<WritableRegion> pinned_region;
+  // The writable mapping, still mapped: unmapping gigabytes takes a while, so the caller drops
+  // it after the model is announced (or keeps it while it is registered with CUDA).
+  std::unique_ptr<WritableRegion> region;
+  bool pinned = false;     // region is registered with CUDA
 };
 
 Result<StagedModel> StageModel(Env* env, const std::string& dir, const std::string& name,
