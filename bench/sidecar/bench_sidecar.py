@@ -19,6 +19,7 @@ import argparse
 import gc
 import json
 import os
+import resource
 import shutil
 import statistics
 import struct
@@ -109,54 +110,34 @@ def shm_free() -> int:
     return st.f_bavail * st.f_frsize
 
 
-def best(times: list[float]) -> tuple[float, float]:
-    return min(times), statistics.median(times)
+def cpu_seconds(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 
 
-def run_baseline(baseline: str, model: Path, reps: int, scratch: Path) -> tuple[float, float, int]:
-    times, nbytes = [], 0
-    for i in range(reps):
-        out = subprocess.run(
-            [baseline, str(model), str(scratch / f"baseline{i}")], capture_output=True, text=True, check=True
-        )
-        r = json.loads(out.stdout)
-        times.append(r["seconds"])
-        nbytes = r["bytes"]
-    return (*best(times), nbytes)
+def baseline_once(baseline: str, model: Path, scratch: Path) -> tuple[float, int]:
+    out = subprocess.run(
+        [baseline, str(model), str(scratch / "baseline.region")], capture_output=True, text=True, check=True
+    )
+    r = json.loads(out.stdout)
+    return r["seconds"], r["bytes"]
 
 
-def run_stage(
-    sidecar: str, model: Path, reps: int, scratch: Path, extra: list[str]
-) -> tuple[float, float, float, int]:
-    times, walls, nbytes = [], [], 0
-    for i in range(reps):
-        d = scratch / f"stage{i}"
-        d.mkdir()
-        t = time.perf_counter()
+def stage_once(sidecar: str, model: Path, scratch: Path, extra: list[str]) -> tuple[float, int]:
+    d = scratch / "stage"
+    d.mkdir()
+    try:
         out = subprocess.run(
             [sidecar, "stage", "--dir", str(d), "--termination-log", "", *extra, f"m={model}"],
             capture_output=True,
             text=True,
             check=True,
         )
-        walls.append(time.perf_counter() - t)
-        m = json.loads(out.stdout)["models"][0]
-        assert m["state"] == "Loaded" and not m["adopted"], m
-        times.append(m["seconds"])
-        nbytes = m["bytes"]
-        shutil.rmtree(d)
-    return (*best(times), min(walls), nbytes)
-
-
-def run_in_process(fn: Callable[[], int], reps: int) -> tuple[float, float, int]:
-    times, nbytes = [], 0
-    for _ in range(reps):
-        gc.collect()
-        t = time.perf_counter()
-        nbytes = fn()
-        times.append(time.perf_counter() - t)
-        gc.collect()
-    return (*best(times), nbytes)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    m = json.loads(out.stdout)["models"][0]
+    assert m["state"] == "Loaded" and not m["adopted"], m
+    return m["seconds"], m["bytes"]
 
 
 def load_safetensors(model: Path) -> Callable[[], int]:
@@ -185,6 +166,37 @@ def load_runai(model: Path) -> Callable[[], int]:
                 kept.append(tensor)  # owned tensors: hold them like a loader would
         del kept
         return n
+
+    return go
+
+
+class Method:
+    """One way of getting the model into fresh memory; collects wall and CPU time per run."""
+
+    def __init__(self, label: str, run: Callable[[], tuple[float, int]], in_process: bool) -> None:
+        self.label, self.run, self.in_process = label, run, in_process
+        self.seconds: list[float] = []
+        self.cpu: list[float] = []
+        self.nbytes = 0
+
+    def once(self) -> None:
+        who = resource.RUSAGE_SELF if self.in_process else resource.RUSAGE_CHILDREN
+        gc.collect()
+        c0 = cpu_seconds(who)
+        seconds, self.nbytes = self.run()
+        self.cpu.append(cpu_seconds(who) - c0)
+        self.seconds.append(seconds)
+        gc.collect()
+
+    def rate(self, pick: Callable[[list[float]], float] = min) -> float:
+        return self.nbytes / pick(self.seconds) / GB if self.nbytes else 0.0
+
+
+def timed(fn: Callable[[], int]) -> Callable[[], tuple[float, int]]:
+    def go() -> tuple[float, int]:
+        t = time.perf_counter()
+        n = fn()
+        return time.perf_counter() - t, n
 
     return go
 
@@ -228,7 +240,7 @@ def main() -> int:
         default=os.path.join(os.environ.get("LOOM_HOME", os.path.expanduser("~/.cache/loom")), "bench"),
     )
     ap.add_argument("--large-gb", type=float, default=8.0)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--consumer-reps", type=int, default=7)
     ap.add_argument("--threads", default="", help="--threads for loom-sidecar (default: its own)")
     args = ap.parse_args()
@@ -259,28 +271,37 @@ def main() -> int:
     results: dict[str, object] = {}
     try:
         extra = ["--threads", args.threads] if args.threads else []
-        a_best, a_med, a_bytes = run_baseline(args.baseline, model, args.reps, scratch)
-        b_best, b_med, b_wall, b_bytes = run_stage(args.sidecar, model, args.reps, scratch, extra)
-        b1_best, _, _, _ = run_stage(args.sidecar, model, args.reps, scratch, ["--threads", "1"])
-        c_best, c_med, c_bytes = run_in_process(load_safetensors(model), args.reps)
+        methods = [
+            Method(
+                "(a) pread loop -> fresh tmpfs mapping, 1 thread",
+                lambda: baseline_once(args.baseline, model, scratch),
+                False,
+            ),
+            Method("(b) loom-sidecar stage", lambda: stage_once(args.sidecar, model, scratch, extra), False),
+            Method(
+                "(b1) loom-sidecar stage --threads 1",
+                lambda: stage_once(args.sidecar, model, scratch, ["--threads", "1"]),
+                False,
+            ),
+            Method("(c) safetensors.numpy.load_file", timed(load_safetensors(model)), True),
+        ]
         try:
-            d_best, d_med, d_bytes = run_in_process(load_runai(model), args.reps)
+            methods.append(
+                Method("(d) runai-model-streamer SafetensorsStreamer", timed(load_runai(model)), True)
+            )
         except ImportError as e:
             print(f"runai-model-streamer unavailable: {e}", file=sys.stderr)
-            d_best = d_med = float("inf")
-            d_bytes = 0
-        rate = lambda n, s: n / s / GB  # noqa: E731
-        rows = [
-            ("(a) pread loop -> fresh tmpfs mapping (1 thread)", a_bytes, a_best, a_med),
-            ("(b) loom-sidecar stage (default threads)", b_bytes, b_best, b_med),
-            ("(b') loom-sidecar stage --threads 1", b_bytes, b1_best, b1_best),
-            ("(c) safetensors.numpy.load_file", c_bytes, c_best, c_med),
-            ("(d) runai-model-streamer SafetensorsStreamer", d_bytes, d_best, d_med),
-        ]
-        print(f"\n{'method':52s} {'GB/s best':>10s} {'GB/s med':>9s} {'s best':>8s}")
-        for label, n, tb, tm in rows:
-            print(f"{label:52s} {rate(n, tb):10.2f} {rate(n, tm):9.2f} {tb:8.3f}")
-        print(f"    (b) process wall time incl. start-up: {b_wall:.3f} s")
+        # Rounds, each method once per round, so that they share whatever else the machine does.
+        for _ in range(args.reps):
+            for m in methods:
+                m.once()
+        title = f"method ({args.reps} interleaved rounds)"
+        print(f"\n{title:50s} {'GB/s best':>9s} {'median':>7s} {'CPU s/GB':>9s}")
+        for m in methods:
+            cpu_per_gb = min(m.cpu) / (m.nbytes / GB)
+            print(f"{m.label:50s} {m.rate():9.2f} {m.rate(statistics.median):7.2f} {cpu_per_gb:9.3f}")
+        a, b, c = methods[0], methods[1], methods[3]
+        d = methods[4] if len(methods) > 4 else None
 
         # Second consumer at ~2 GB.
         stage_dir = scratch / "consumer"
@@ -338,28 +359,19 @@ def main() -> int:
                 f"{e['bytes'] / GB:.2f} GB; `import loom.shm` {e['import_ms']:.0f} ms"
             )
 
-        stage_rate = rate(b_bytes, b_best)
-        peer = max(rate(c_bytes, c_best), rate(d_bytes, d_best) if d_bytes else 0.0)
+        stage_rate = b.rate()
+        peer = max(c.rate(), d.rate() if d else 0.0)
+        small_ms, large_ms = e_small["median_ms"], e_large["median_ms"]
         checks = [
-            (
-                "staging / (a) pread loop",
-                stage_rate / rate(a_bytes, a_best),
-                ">= 0.90",
-                stage_rate / rate(a_bytes, a_best) >= 0.90,
-            ),
+            ("staging / (a) pread loop", stage_rate / a.rate(), ">= 0.90", stage_rate / a.rate() >= 0.90),
             ("staging / max(c, d)", stage_rate / peer, ">= 1.0", stage_rate / peer >= 1.0),
-            ("second consumer at ~2 GB (ms)", e_small["median_ms"], "<= 5", e_small["median_ms"] <= 5),
-            (
-                "second consumer large / 2 GB",
-                e_large["median_ms"] / e_small["median_ms"],
-                "<= 2.0",
-                e_large["median_ms"] / e_small["median_ms"] <= 2.0,
-            ),
+            ("second consumer at ~2 GB (ms)", small_ms, "<= 5", small_ms <= 5),
+            ("second consumer large / 2 GB", large_ms / small_ms, "<= 2.0", large_ms / small_ms <= 2.0),
         ]
         print(f"\n{'ratio':40s} {'value':>8s}  target   ")
         for label, value, target_s, ok in checks:
             print(f"{label:40s} {value:8.2f}  {target_s:7s}  {'ok' if ok else 'MISSED'}")
-        results = {"checks": {c[0]: c[1] for c in checks}}
+        results = {"checks": {check[0]: check[1] for check in checks}}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(json.dumps(results))

@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -155,8 +155,9 @@ class CudaUnavailable(ShmError):
     """``pin=True`` needs the CUDA runtime and a GPU."""
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):
+    """Where one tensor lies in the region (a NamedTuple: cheap to build by the hundreds)."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -270,26 +271,42 @@ def parse_manifest(text: str | bytes) -> Manifest:
     tensors: list[TensorInfo] = []
     seen: set[str] = set()
     for t in _field(raw, "tensors", list):
-        if not isinstance(t, dict):
-            raise ManifestError("manifest: tensors entries must be objects")
-        tname = _field(t, "name", str)
-        dtype = _field(t, "dtype", str)
-        if dtype not in _DTYPES:
+        # The hot loop of open_model: plain checks, no helper calls on the success path.
+        try:
+            tname, dtype, shape_raw, offset, nbytes = (
+                t["name"],
+                t["dtype"],
+                t["shape"],
+                t["offset"],
+                t["nbytes"],
+            )
+        except (TypeError, KeyError):
+            raise ManifestError(
+                "manifest: tensors entries must be objects with name, dtype, shape, offset, nbytes"
+            ) from None
+        if (
+            type(tname) is not str
+            or type(shape_raw) is not list
+            or type(offset) is not int
+            or type(nbytes) is not int
+        ):
+            raise ManifestError(f"manifest: tensor {tname!r} has a field of the wrong type")
+        width = _DTYPES.get(dtype) if type(dtype) is str else None
+        if width is None:
             raise ManifestError(f"manifest: tensor {tname!r} has unknown dtype {dtype!r}")
-        shape_raw = _field(t, "shape", list)
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape_raw):
-            raise ManifestError(f"manifest: tensor {tname!r} has a bad shape")
-        shape = tuple(int(d) for d in shape_raw)
-        offset, nbytes = _uint(t, "offset"), _uint(t, "nbytes")
-        bits = _DTYPES[dtype][0] * int(np.prod(shape, dtype=object))
+        bits = width[0]
+        for d in shape_raw:
+            if type(d) is not int or d < 0:
+                raise ManifestError(f"manifest: tensor {tname!r} has a bad shape")
+            bits *= d
         if bits % 8 or bits // 8 != nbytes:
             raise ManifestError(f"manifest: tensor {tname!r}: nbytes does not match dtype and shape")
-        if offset % alignment or offset + nbytes > region_bytes:
+        if offset < 0 or offset % alignment or offset + nbytes > region_bytes:
             raise ManifestError(f"manifest: tensor {tname!r} is misaligned or lies outside the region")
         if tname in seen:
             raise ManifestError(f"manifest: tensor {tname!r} is listed twice")
         seen.add(tname)
-        tensors.append(TensorInfo(tname, dtype, shape, offset, nbytes))
+        tensors.append(TensorInfo(tname, dtype, tuple(shape_raw), offset, nbytes))
     by_offset = sorted(tensors, key=lambda x: x.offset)
     for a, b in itertools.pairwise(by_offset):
         if a.offset + a.nbytes > b.offset:
