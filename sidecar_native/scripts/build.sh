@@ -19,18 +19,28 @@ case $mode in
           -DCMAKE_CXX_COMPILER=clang++ -DLOOM_FUZZ=ON -DLOOM_BUILD_TESTS=OFF) ;;
   *) die "usage: build.sh release|asan|fuzz|cuda" ;;
 esac
+# One build tree per checkout and mode. Builds of the same tree are serialized with flock (a test
+# run and a pytest-triggered build may overlap); a tree configured from another checkout (a CI
+# copy, a worktree) is left alone and this checkout uses build-MODE-<hash of its path> instead.
+claim() {  # claim DIR: lock it; fail if another checkout configured it
+  exec 9>"$1.lock"
+  flock 9
+  if [[ -f $1/CMakeCache.txt ]] && ! grep -qx "CMAKE_HOME_DIRECTORY:INTERNAL=$SIDECAR_DIR" "$1/CMakeCache.txt"; then
+    exec 9>&-
+    return 1
+  fi
+}
+mkdir -p "$SIDECAR_CACHE"
 bdir=$SIDECAR_CACHE/build-$mode
-# A cache made from another checkout cannot be reused: CMake refuses a different source dir.
-if [[ -f $bdir/CMakeCache.txt ]] && ! grep -qx "CMAKE_HOME_DIRECTORY:INTERNAL=$SIDECAR_DIR" "$bdir/CMakeCache.txt"; then
-  log "build cache $bdir belongs to another checkout; starting afresh"
-  rm -rf "$bdir"
+if ! claim "$bdir"; then
+  bdir=$bdir-$(printf %s "$SIDECAR_DIR" | sha256sum | cut -c1-8)
+  log "build-$mode belongs to another checkout; using $bdir"
+  claim "$bdir" || { rm -rf "$bdir"; claim "$bdir"; }
 fi
 mkdir -p "$bdir"
-if [[ ! -f $bdir/build.ninja ]]; then
-  log "configuring $mode build in $bdir"
-  cmake -G Ninja -S "$SIDECAR_DIR" -B "$bdir" "${args[@]}" >"$bdir/configure.log" 2>&1 \
-    || { cat "$bdir/configure.log" >&2; die "cmake configure failed"; }
-fi
+[[ -f $bdir/build.ninja ]] || log "configuring $mode build in $bdir"
+cmake -G Ninja -S "$SIDECAR_DIR" -B "$bdir" "${args[@]}" >"$bdir/configure.log" 2>&1 \
+  || { cat "$bdir/configure.log" >&2; die "cmake configure failed"; }
 log "building $mode (-j$JOBS)"
 cmake --build "$bdir" -j "$JOBS" >&2
 if [[ $mode == fuzz ]]; then echo "$bdir"; else echo "$bdir/loom-sidecar"; fi
