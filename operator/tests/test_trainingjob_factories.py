@@ -9,7 +9,7 @@ from typing import Any
 
 from loom.api.trainingjob import TrainingJob, TrainingJobStatus
 from loom.builders.trainingjob import desired_pods
-from loom.controllers.trainingjob_gang import GpuPod, Node, free_gpus, gpu_pod_from
+from loom.controllers.trainingjob_gang import GpuPod, Node, gpu_pod_from
 from loom.controllers.trainingjob_observe import slim_pod
 from loom.controllers.trainingjob_plan import Cluster
 
@@ -160,7 +160,7 @@ def make_cluster(
     """A cluster whose free GPUs account for `pods` (the job's own) and `others`."""
     nodes = make_nodes() if nodes is None else nodes
     gpu_pods = [gpu_pod_from(p) for p in pods or []] + list(others or [])
-    return Cluster(nodes=nodes, free=free_gpus(nodes.values(), gpu_pods))
+    return Cluster(nodes=nodes, pods=gpu_pods)
 
 
 def test_factories_build_a_running_gang() -> None:

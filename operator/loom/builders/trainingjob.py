@@ -10,7 +10,7 @@ selector follows the current attempt so that DNS never answers with a pod of an 
 
 from __future__ import annotations
 
-import copy
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -43,6 +43,12 @@ class Member:
     node_rank: int
     nproc: int
     first_rank: int
+
+
+def _copy(value: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a JSON-shaped dict (API objects are), several times faster than copy.deepcopy."""
+    copied: dict[str, Any] = json.loads(json.dumps(value))
+    return copied
 
 
 def pod_name(job: str, role: str, index: int, attempt: int) -> str:
@@ -213,7 +219,7 @@ def _avoiding(affinity: dict[str, Any] | None, nodes: Iterable[str]) -> dict[str
     avoid = sorted(set(nodes))
     if not avoid:
         return affinity
-    out = copy.deepcopy(affinity) if affinity else {}
+    out = _copy(affinity) if affinity else {}
     required = out.setdefault("nodeAffinity", {}).setdefault(
         "requiredDuringSchedulingIgnoredDuringExecution", {}
     )
@@ -230,7 +236,7 @@ def desired_pod(
 ) -> dict[str, Any]:
     template = job.spec.replicaSpecs[member.role].template
     meta = template.get("metadata") or {}
-    spec = copy.deepcopy(template.get("spec") or {})
+    spec = _copy(template.get("spec") or {})
     extra = env(job, gang, member, attempt)
     spec["containers"] = [_with_env(c, extra) for c in spec.get("containers") or []]
     spec["hostname"] = hostname(member.role, member.index)

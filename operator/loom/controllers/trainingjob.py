@@ -10,8 +10,8 @@ relies on which event woke it.
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,9 +26,9 @@ from loom import kube, metrics
 from loom.api.common import API_VERSION, GROUP, VERSION
 from loom.api.trainingjob import TrainingJob, TrainingJobStatus
 from loom.builders.trainingjob import LABEL_JOB, pod_gpus
-from loom.controllers.trainingjob_gang import GpuPod, Node, free_gpus, gpu_pod_from, node_from
+from loom.controllers.trainingjob_gang import GpuPod, Node, gpu_pod_from, node_from
 from loom.controllers.trainingjob_observe import Expectations, slim_pod
-from loom.controllers.trainingjob_plan import Cluster, Plan, decide
+from loom.controllers.trainingjob_plan import RESYNC, Cluster, Plan, decide
 from loom.controllers.trainingjob_queue import WorkQueue
 
 KIND = "TrainingJob"
@@ -43,34 +43,49 @@ _waiting: set[Key] = set()  # jobs whose gang waits for GPUs (or an elastic job 
 _phases: dict[Key, str] = {}
 _indices: dict[str, Any] = {}
 _nodes_seen: dict[str, tuple[bool, bool, int]] = {}
+_last_status_patch: dict[Key, float] = {}
+COUNTS_COALESCE_SECONDS = 1.0
 
 
 def _requests_gpus(spec: Any, **_: Any) -> bool:
     return pod_gpus(spec) > 0
 
 
-# -- observation ---------------------------------------------------------------------------------
+def _pod_matters(labels: kopf.Labels, spec: Any, status: Any, type: str | None, **_: Any) -> bool:
+    """A pod of a TrainingJob, or any pod whose GPUs were just freed."""
+    if LABEL_JOB in labels:
+        return True
+    return pod_gpus(spec) > 0 and (type == "DELETED" or status.get("phase") in ("Succeeded", "Failed"))
+
+
+def _node_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> bool:
+    """Only changes that matter (readiness, cordon, GPUs), not the heartbeats every few seconds."""
+    node = node_from(body)
+    return type == "DELETED" or _nodes_seen.get(name) != (node.ready, node.unschedulable, node.gpus)
+
+
+# -- observation (async: Kopf runs sync handlers in threads, one hop per event) -------------------------
 @kopf.index(GROUP, VERSION, "trainingjobs")
-def trainingjob_bodies(
+async def trainingjob_bodies(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]]:
-    return {(str(namespace), name): _plain(body)}
+    return {(str(namespace), name): json.loads(json.dumps(dict(body)))}
 
 
 @kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT})
-def trainingjob_pods(
+async def trainingjob_pods(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]]:
     return {(str(namespace), labels[LABEL_JOB]): slim_pod(body)}
 
 
 @kopf.index("pods", when=_requests_gpus)
-def trainingjob_gpu_pods(body: kopf.Body, **_: Any) -> GpuPod:
+async def trainingjob_gpu_pods(body: kopf.Body, **_: Any) -> GpuPod:
     return gpu_pod_from(body)
 
 
 @kopf.index("nodes")
-def trainingjob_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, Node]:
+async def trainingjob_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, Node]:
     return {name: node_from(body)}
 
 
@@ -93,28 +108,29 @@ async def trainingjob_event(namespace: str | None, name: str, **_: Any) -> None:
     queue.add((str(namespace), name))
 
 
-@kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT})
-async def trainingjob_pod_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
-    queue.add((str(namespace), labels[LABEL_JOB]))
-
-
-@kopf.on.event("pods", when=_requests_gpus)
-async def trainingjob_gpu_pod_event(event: kopf.RawEvent, status: kopf.Status, **_: Any) -> None:
-    if event["type"] == "DELETED" or status.get("phase") in ("Succeeded", "Failed"):
+@kopf.on.event("pods", when=_pod_matters)
+async def trainingjob_pod_event(
+    namespace: str | None,
+    labels: kopf.Labels,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    type: str | None,
+    **_: Any,
+) -> None:
+    if LABEL_JOB in labels:
+        queue.add((str(namespace), labels[LABEL_JOB]))
+    if pod_gpus(spec) > 0 and (type == "DELETED" or status.get("phase") in ("Succeeded", "Failed")):
         _wake_waiting()  # GPUs were freed: gangs waiting for them may fit now
 
 
-@kopf.on.event("nodes")
-async def trainingjob_node_event(name: str, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+@kopf.on.event("nodes", when=_node_changed)
+async def trainingjob_node_event(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
     node = node_from(body)
-    state = (node.ready, node.unschedulable, node.gpus)
-    if event["type"] == "DELETED":
+    if type == "DELETED":
         _nodes_seen.pop(name, None)
-    elif _nodes_seen.get(name) == state:
-        return
     else:
-        _nodes_seen[name] = state
-    for key in list(_phases):  # a node changed: pods on it may be lost, capacity may have changed
+        _nodes_seen[name] = (node.ready, node.unschedulable, node.gpus)
+    for key in list(_phases):  # pods on the node may be lost; capacity changed
         queue.add(key)
 
 
@@ -129,12 +145,17 @@ async def reconcile(key: Key) -> float | None:
     now = datetime.now(UTC)
     pods = _expectations.merge(key, _store(_indices["trainingjob_pods"], key), now)
     nodes = {n.name: n for n in _store(_indices["trainingjob_nodes"], None, all_keys=True)}
-    gpu_pods: list[GpuPod] = _store(_indices["trainingjob_gpu_pods"], None)
-    cluster = Cluster(nodes=nodes, free=free_gpus(nodes.values(), gpu_pods, _expectations.admitted(now)))
+    gpu_pods = _indices["trainingjob_gpu_pods"].get(None) or ()
+    cluster = Cluster(nodes=nodes, pods=gpu_pods, admitted=_expectations.admitted(now))
     plan = decide(job, pods, cluster, now)
     for name, _ in plan.ungate:  # reserve the GPUs now, before any other job decides
         _expectations.expect_ungated(key[0], name, now)
     (_waiting.add if plan.waiting_for_capacity else _waiting.discard)(key)
+    if _only_counts_changed(job.status, plan.status):
+        waited = time.monotonic() - _last_status_patch.get(key, 0.0)
+        if waited < COUNTS_COALESCE_SECONDS:  # pods become Ready one by one: patch once for many
+            plan.status = job.status or plan.status
+            plan.requeue_after = min(plan.requeue_after or RESYNC, COUNTS_COALESCE_SECONDS - waited)
     try:
         await _carry_out(key, body, job, plan, now)
     except Exception:
@@ -158,6 +179,7 @@ async def _carry_out(key: Key, body: dict[str, Any], job: TrainingJob, plan: Pla
         observed = _store(_indices["trainingjob_bodies"], key)
         base = observed[0]["metadata"].get("resourceVersion", "") if observed else ""
         _written[key] = (base, patched)
+        _last_status_patch[key] = time.monotonic()
     await _gather(
         _in_thread(
             kube.delete,
@@ -198,10 +220,6 @@ def _on_error(key: Key, error: BaseException) -> None:
 
 
 queue: WorkQueue[Key] = WorkQueue(reconcile, workers=16, on_error=_on_error)
-
-
-def _plain(body: kopf.Body) -> dict[str, Any]:
-    return copy.deepcopy(dict(body))
 
 
 def _store(index: Any, key: Any, *, all_keys: bool = False) -> list[Any]:
@@ -245,7 +263,16 @@ def _model(body: dict[str, Any]) -> TrainingJob:
         return TrainingJob.model_validate({**body, "status": None})
 
 
+def _only_counts_changed(old: TrainingJobStatus | None, new: TrainingJobStatus) -> bool:
+    """True when only the replica counts differ: no condition, attempt or time changed."""
+    if old is None:
+        return False
+    counts = {"replicaStatuses", "readyReplicas"}
+    return old.model_dump(exclude=counts) == new.model_dump(exclude=counts) and old != new
+
+
 def _forget(key: Key) -> None:
+    _last_status_patch.pop(key, None)
     queue.forget(key)
     _written.pop(key, None)
     _waiting.discard(key)

@@ -10,8 +10,9 @@ have plenty, and a gang the scheduler still cannot place is released by its sche
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,14 +84,26 @@ def gpu_pod_from(body: Mapping[str, Any]) -> GpuPod:
     )
 
 
-def _best_fit(free: dict[str, int], gpus: int, eligible: Iterable[str]) -> str | None:
-    """The eligible node with the least free GPUs that still holds `gpus`."""
-    best: str | None = None
-    for name in eligible:
-        left = free.get(name, -1)
-        if left >= gpus and (best is None or left < free[best] or (left == free[best] and name < best)):
-            best = name
-    return best
+class _Packer:
+    """Free GPUs per node, bucketed by amount: best fit is the smallest bucket that holds a pod."""
+
+    def __init__(self, free: Mapping[str, int]) -> None:
+        self.free = dict(free)
+        self.buckets: dict[int, list[str]] = {}
+        for name in sorted(self.free):
+            self.buckets.setdefault(self.free[name], []).append(name)
+
+    def take(self, gpus: int, eligible: Collection[str] | None = None) -> str | None:
+        """Place a pod of `gpus` on the fullest node (among `eligible`) that still holds it."""
+        for amount in sorted(a for a, names in self.buckets.items() if a >= gpus and names):
+            bucket = self.buckets[amount]
+            for i, name in enumerate(bucket):
+                if eligible is None or name in eligible:
+                    del bucket[i]
+                    self.free[name] = amount - gpus
+                    bisect.insort(self.buckets.setdefault(amount - gpus, []), name)
+                    return name
+        return None
 
 
 def free_gpus(
@@ -110,11 +123,10 @@ def free_gpus(
                 free[pod.node] -= pod.gpus
         elif not pod.gated or (pod.namespace, pod.name) in admitted:
             pending.append(pod.gpus)
+    packer = _Packer(free)
     for gpus in sorted(pending, reverse=True):
-        best = _best_fit(free, gpus, free)
-        if best is not None:
-            free[best] -= gpus
-    return free
+        packer.take(gpus)
+    return packer.free
 
 
 def _tolerates(tolerations: Sequence[Mapping[str, Any]], taint: tuple[str, str, str]) -> bool:
@@ -176,19 +188,18 @@ def is_eligible(node: Node, pod_spec: Mapping[str, Any]) -> bool:
 
 def fits(free: Mapping[str, int], nodes: Mapping[str, Node], pod_specs: Sequence[Mapping[str, Any]]) -> bool:
     """True when every pod (by spec) can be placed at once, best-fit-decreasing by GPU request."""
-    left = dict(free)
+    packer = _Packer(free)
     demands = sorted(((pod_gpus(s), s) for s in pod_specs), key=lambda d: d[0], reverse=True)
-    eligible_cache: dict[str, list[str]] = {}
+    eligible_cache: dict[str, frozenset[str] | None] = {}
     for gpus, spec in demands:
         if gpus <= 0:
             continue
-        cache_key = json.dumps(
+        key = json.dumps(
             [spec.get("nodeSelector"), spec.get("affinity"), spec.get("tolerations")], sort_keys=True
         )
-        if cache_key not in eligible_cache:
-            eligible_cache[cache_key] = [n for n in left if n in nodes and is_eligible(nodes[n], spec)]
-        best = _best_fit(left, gpus, eligible_cache[cache_key])
-        if best is None:
+        if key not in eligible_cache:
+            eligible = frozenset(n for n in free if n in nodes and is_eligible(nodes[n], spec))
+            eligible_cache[key] = None if len(eligible) == len(free) else eligible
+        if packer.take(gpus, eligible_cache[key]) is None:
             return False
-        left[best] -= gpus
     return True

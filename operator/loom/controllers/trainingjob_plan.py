@@ -10,9 +10,10 @@ Service, creations, ungating, the job's own deletion, and last the events.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from loom.api.common import Condition, ConditionStatus
@@ -35,7 +36,7 @@ from loom.builders.trainingjob import (
     pod_gpus,
     role_order,
 )
-from loom.controllers.trainingjob_gang import Node, fits, has_gang_gate
+from loom.controllers.trainingjob_gang import GpuPod, Node, fits, free_gpus, has_gang_gate
 from loom.health.failures import Action, Failure, FailureKind, NodeState, classify, is_terminal
 
 CREATED, RUNNING, RESTARTING = "Created", "Running", "Restarting"
@@ -51,10 +52,17 @@ MAX_EXCLUDED_NODES = 32
 
 @dataclass(frozen=True)
 class Cluster:
-    """What the controller observes beyond the job's own pods."""
+    """What the controller observes beyond the job's own pods: nodes, and every pod holding or
+    wanting GPUs (`admitted`: pods ungated by Loom whose update was not observed yet)."""
 
     nodes: Mapping[str, Node] = field(default_factory=dict)
-    free: Mapping[str, int] = field(default_factory=dict)  # GPUs free per usable node
+    pods: Iterable[GpuPod] = ()
+    admitted: frozenset[tuple[str, str]] = frozenset()
+
+    @cached_property
+    def free(self) -> dict[str, int]:
+        """GPUs free per usable node; computed only by decisions that need it."""
+        return free_gpus(self.nodes.values(), self.pods, self.admitted)
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,7 @@ class _Decision:
         self.st.observedGeneration = self.generation
         self.plan = Plan(status=self.st)
         self.deleted: set[str] = set()
+        self._built: dict[tuple[int, int, tuple[str, ...]], list[dict[str, Any]]] = {}
 
     # -- the state machine, read top-down ------------------------------------------------------
     def run(self) -> Plan:
@@ -213,9 +222,11 @@ class _Decision:
         return self.st.replicas if self.st.replicas else self.spec.elastic.minReplicas
 
     def _expected(self) -> list[dict[str, Any]]:
-        return desired_pods(
-            self.job, self.st.attempt, size=self._size(), excluded_nodes=self.st.excludedNodes
-        )
+        """The current gang's pods as the builder makes them (built once per attempt and size)."""
+        key = (self.st.attempt, self._size(), tuple(self.st.excludedNodes))
+        if key not in self._built:
+            self._built[key] = desired_pods(self.job, key[0], size=key[1], excluded_nodes=key[2])
+        return self._built[key]
 
     def _first_created(self, pods: Sequence[Mapping[str, Any]]) -> datetime | None:
         times = [t for p in pods if (t := parse_time(p["metadata"].get("creationTimestamp")))]
