@@ -12,7 +12,7 @@ mode=${1:-release}
 case $mode in
   release) args=(-DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_TESTS=OFF -DLOOM_WITH_CUDA=OFF) ;;
   cuda) args=(-DCMAKE_BUILD_TYPE=Release -DLOOM_BUILD_TESTS=OFF -DLOOM_WITH_CUDA=ON) ;;
-  asan) args=(-DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-g -O1" -DLOOM_SANITIZE=ON -DLOOM_WITH_CUDA=OFF) ;;
+  asan) args=(-DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-g -O0" -DLOOM_SANITIZE=ON -DLOOM_WITH_CUDA=OFF) ;;
   fuzz)
     command -v clang++ >/dev/null || die "clang++ not found (run: make deps)"
     args=(-DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-g -O1" -DCMAKE_C_COMPILER=clang
