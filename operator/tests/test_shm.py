@@ -64,7 +64,7 @@ def stage(
 
 def make_model(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    tensors = {
+    tensors: dict[str, np.ndarray] = {
         "embed.weight": rng.standard_normal((257, 64)).astype(np.float32),
         "layer.0.w": rng.standard_normal((64, 33)).astype(np.float16),
         "layer.0.b": rng.standard_normal(33).astype(np.float64),

@@ -360,11 +360,12 @@ class RangeHandler(BaseHTTPRequestHandler):
 def http_root(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     root = tmp_path / "www"
     root.mkdir()
-    handler = type("H", (RangeHandler,), {"root": root, "ranged": []})
+    ranged: list[str] = []
+    handler = type("H", (RangeHandler,), {"root": root, "ranged": ranged})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root, handler.ranged
+    yield f"http://127.0.0.1:{server.server_address[1]}", root, ranged
     server.shutdown()
     server.server_close()
 
