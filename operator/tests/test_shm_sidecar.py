@@ -340,6 +340,9 @@ class RangeHandler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         rng = self.headers.get("Range")
+        delay = self.root / (self.path.lstrip("/") + ".delay")
+        if delay.is_file():
+            time.sleep(float(delay.read_text()))
         if rng:
             self.ranged.append(rng)
             start_s, end_s = rng.removeprefix("bytes=").split("-")
@@ -403,3 +406,43 @@ def test_http_sources_use_parallel_range_requests(
         np.testing.assert_array_equal(m["b"], b["b"])
     copy_ranges = [x for x in ranged if not x.startswith("bytes=0-")]
     assert len(copy_ranges) >= 8, ranged  # 480 KB in 64 KiB reads
+
+
+def test_keep_serving_on_error_reports_the_failure_in_readyz(
+    serve: Any, tmp_path: Path, shm_dir: Path
+) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x02\0\0\0\0\0\0\0{}!")
+    s = serve(shm_dir, f"bad={bad}", extra=("--keep-serving-on-error",))
+    deadline = time.monotonic() + 30
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status, text = s.get("/readyz")
+        body = json.loads(text)
+        if body["failed"]:
+            break
+        time.sleep(0.05)
+    assert status == 503
+    assert body["failed"][0]["name"] == "bad" and "trailing bytes" in body["failed"][0]["reason"]
+    assert s.proc.poll() is None
+    assert s.stop() == 0
+
+
+def test_sigterm_during_staging_cancels_and_cleans_up(
+    serve: Any, http_root: tuple[str, Path, list[str]], shm_dir: Path
+) -> None:
+    base, root, ranged = http_root
+    save_file({"w": np.zeros(4 << 20, dtype=np.uint8)}, str(root / "slow.safetensors"))
+    (root / "slow.safetensors.delay").write_text("0.2")  # RangeHandler sleeps per request
+    s = serve(shm_dir, f"slow={base}/slow.safetensors", extra=("--threads", "1", "--chunk-size", "64K"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(ranged) < 4:  # header, fingerprint, then copy reads
+        time.sleep(0.05)
+    assert json.loads(s.get("/v1/models/slow")[1])["state"] == "Loading"
+    started = time.monotonic()
+    assert s.stop() == 0
+    assert time.monotonic() - started < 10
+    leftovers = sorted(p.name for p in shm_dir.iterdir())
+    assert leftovers == ["slow.state.json"], leftovers  # no region, no temporary, no manifest
+    state = json.loads((shm_dir / "slow.state.json").read_text())
+    assert state["state"] == "failed" and "cancelled" in state["reason"]
