@@ -54,11 +54,22 @@ def _session_namespaces(prefix: str) -> list[dict[str, Any]]:
     return [n for n in items if n["metadata"]["name"].startswith(prefix)]
 
 
-def _wait_for_namespaces_gone(prefix: str, timeout: float = 120) -> None:
+LOOM_KINDS = "trainingjobs.loom.ml,inferenceservices.loom.ml,featurepipelines.loom.ml"
+
+
+def _loom_objects_left(prefix: str) -> list[str]:
+    items = json.loads(kubectl("get", LOOM_KINDS, "-A", "-o", "json"))["items"]
+    return [
+        f"{o['metadata']['namespace']}/{o['metadata']['name']}"
+        for o in items
+        if o["metadata"]["namespace"].startswith(prefix)
+    ]
+
+
+def _wait_for_loom_objects_gone(prefix: str, timeout: float = 60) -> None:
+    """Loom's finalizers need the operator: let it release this session's objects before it stops."""
     try:
-        wait_for(
-            lambda: not _session_namespaces(prefix), timeout=timeout, what=f"namespaces {prefix}* deleted"
-        )
+        wait_for(lambda: not _loom_objects_left(prefix), timeout=timeout, what=f"Loom objects in {prefix}*")
     except TimeoutError:
         _release_stuck_namespaces(prefix, older_than_seconds=0)
 
@@ -103,8 +114,7 @@ def operator(kubeconfig: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     op = Operator(log, env={"KUBECONFIG": kubeconfig}, args=["--namespace", f"{NAMESPACE_PREFIX}*"])
     op.start()
     yield op
-    # Loom's finalizers need the operator: let it see this session's namespaces go before it stops.
-    _wait_for_namespaces_gone(NAMESPACE_PREFIX)
+    _wait_for_loom_objects_gone(NAMESPACE_PREFIX)
     op.stop()
     if os.environ.get("LOOM_E2E_SHOW_LOGS"):
         print(op.logs()[-20000:])
@@ -120,6 +130,7 @@ def namespace(kubeconfig: str) -> Iterator[str]:
         what=f"default ServiceAccount in {name}",
     )
     yield name
+    kubectl("delete", LOOM_KINDS, "--all", "-n", name, "--wait=false", check=False)
     kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 

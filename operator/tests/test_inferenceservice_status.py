@@ -74,6 +74,19 @@ def test_canary_in_progress() -> None:
     assert [r.name for r in s.revisions.items] == ["new", "old"]
 
 
+def test_rollback_wins_over_a_replacement_pod_that_loaded_meanwhile() -> None:
+    o = observed(
+        stable="old",
+        target="old",
+        failed=("new",),
+        rollback=Issue("p", "SourceUnreachable", "exit 3: 404", exit_code=3),
+        summaries={"old": RevisionPods("old", 2, 2, 2), "new": RevisionPods("new", 1, 1, 1)},
+        plan={"old": 2, "new": 0},
+    )
+    model = build_status(ISVC, InferenceServiceStatus(), o, T0).modelStatus
+    assert (model.state, model.reason, model.exitCode) == (ModelState.FAILED_TO_LOAD, "SourceUnreachable", 3)
+
+
 def test_rollback_is_reported_and_remembered() -> None:
     failure = PodModel(ModelState.FAILED_TO_LOAD, "SourceUnreachable", "exit 3: 404", 3)
     o = observed(

@@ -146,6 +146,11 @@ def test_rollout_failure(pod: Pod, reason: str | None) -> None:
     assert (issue.reason if issue else None) == reason
 
 
+def test_rollout_failure_of_a_load_carries_the_sidecar_exit_code() -> None:
+    issue = rollout_failure([view(Pod("c", "new").sidecar_crashed(3).obj(), NOW)], "new", None, SPEC)
+    assert issue is not None and (issue.reason, issue.exit_code) == ("SourceUnreachable", 3)
+
+
 def test_rollout_failure_on_progress_deadline() -> None:
     deployment = {
         "status": {

@@ -73,7 +73,20 @@ def _condition(
 def model_status(
     previous: ModelStatus, revision: str, pods: RevisionPods, rolled_back: Issue | None
 ) -> ModelStatus:
-    """The latest revision's model. A load failure stays reported until a pod of it loads the model."""
+    """The latest revision's model. A rolled-back revision reports why it was rolled back, even when a
+    replacement pod loaded the model meanwhile; a load failure stays reported until a pod loads it."""
+    same_failed_revision = previous.revision == revision and previous.state == ModelState.FAILED_TO_LOAD
+    if rolled_back is not None:
+        if same_failed_revision:
+            return previous
+        cause = pods.failure or rolled_back
+        return ModelStatus(
+            state=ModelState.FAILED_TO_LOAD,
+            reason=cause.reason,
+            message=cause.message,
+            exitCode=cause.exit_code,
+            revision=revision,
+        )
     if pods.loaded:
         return ModelStatus(state=ModelState.LOADED, revision=revision, loadedReplicas=pods.loaded)
     failure = pods.failure
@@ -85,17 +98,8 @@ def model_status(
             exitCode=failure.exit_code,
             revision=revision,
         )
-    if previous.revision == revision and (
-        previous.state == ModelState.FAILED_TO_LOAD or (rolled_back is not None and not pods.pods)
-    ):
-        return previous  # what was last seen of a revision whose pods are gone
-    if rolled_back is not None:
-        return ModelStatus(
-            state=ModelState.FAILED_TO_LOAD,
-            reason=rolled_back.reason,
-            message=rolled_back.message,
-            revision=revision,
-        )
+    if same_failed_revision:
+        return previous
     state = ModelState.LOADING if pods.loading else ModelState.PENDING
     reason = "Staging" if pods.loading else "NoPods" if not pods.pods else "Scheduling"
     return ModelStatus(state=state, reason=reason, revision=revision)

@@ -75,6 +75,7 @@ class Issue:
     reason: str
     message: str
     load_failure: bool = False  # the pod failed to stage the model (reported, not replaced)
+    exit_code: int | None = None  # the sidecar's, when it failed to stage the model
 
 
 def parse_time(value: str | datetime | None) -> datetime | None:
@@ -306,7 +307,7 @@ def rollout_failure(
     pods = [v for v in live(views) if v.revision == revision]
     for v in pods:
         if v.model.state == ModelState.FAILED_TO_LOAD:
-            return Issue(v.name, v.model.reason, v.model.message)
+            return Issue(v.name, v.model.reason, v.model.message, exit_code=v.model.exit_code)
     for v in pods:
         if (issue := _pod_issue(v, None, spec)) is not None:
             return Issue(
