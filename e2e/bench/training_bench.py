@@ -94,7 +94,7 @@ class PodWatch:
     """Every bench pod's phase, from one watch (raw JSON, no model deserialisation)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.pods: dict[str, tuple[str, int, str, bool]] = {}  # name -> (job, attempt, phase, deleting)
         self.added: list[float] = []
         self.changed = threading.Condition(self.lock)
@@ -246,6 +246,14 @@ def main() -> int:
     kubectl("create", "namespace", NS)
     nodes = json.loads(kubectl("get", "nodes", "-o", "json"))["items"]
     gpus = sum(int(n["status"].get("allocatable", {}).get("nvidia.com/gpu", 0)) for n in nodes)
+    in_use = sum(
+        int(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+        for p in json.loads(kubectl("get", "pods", "-A", "-o", "json"))["items"]
+        if p["status"].get("phase") not in ("Succeeded", "Failed")
+        for c in p["spec"]["containers"]
+    )
+    if in_use:
+        print(f"warning: {in_use} GPUs are already taken by other pods", file=sys.stderr)
 
     if args.baseline:
         return baseline(args)
