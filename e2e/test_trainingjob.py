@@ -409,6 +409,18 @@ def test_suspend_deletes_pods_and_resume_starts_a_fresh_gang(
     wait_phase(namespace, "pause", "Running")
 
 
+def test_editing_the_pod_spec_restarts_the_gang(operator: Operator, namespace: str, pool: Pool) -> None:
+    apply_yaml(job_manifest("edit", pool), namespace)
+    wait_running(namespace, "edit", 0, 3)
+    patch = {"spec": {"replicaSpecs": {"worker": {"replicas": 3}}, "runPolicy": {"backoffLimit": 7}}}
+    kubectl("patch", "ltj", "edit", "-n", namespace, "--type=merge", "-p", json.dumps(patch))
+    gang = wait_running(namespace, "edit", 1, 4)
+    assert env_of(gang[0])["WORLD_SIZE"] == "4"
+    st = status(namespace, "edit")
+    assert st["restartCount"] == 0 and st["observedGeneration"] == 2
+    assert condition(namespace, "edit", "Restarting")["message"].startswith("SpecChanged: attempt 0 ended")
+
+
 # -- elastic ---------------------------------------------------------------------------------------------
 def test_elastic_starts_small_and_grows_as_gpus_free_up(
     operator: Operator, namespace: str, pool: Pool
@@ -444,26 +456,29 @@ def _invariants(ns: str, name: str, attempt: int, count: int) -> None:
 def test_operator_killed_mid_creation_and_mid_restart_converges(
     operator: Operator, namespace: str, pool: Pool
 ) -> None:
-    apply_yaml(job_manifest("crash", pool, roles={"master": 1, "worker": 23}, gpus=1), namespace)
+    size = 80  # big enough that creating the gang takes a while; CPU-only pods, always admitted
+    apply_yaml(job_manifest("crash", pool, roles={"master": 1, "worker": size - 1}, gpus=0), namespace)
     wait_for(lambda: job_pods(namespace, "crash"), 20, interval=0.02, what="first pod")
     operator.kill()  # mid gang creation
     created = len(job_pods(namespace, "crash"))
     operator.start()
-    wait_running(namespace, "crash", 0, 24, timeout=60)
-    _invariants(namespace, "crash", 0, 24)
+    wait_running(namespace, "crash", 0, size, timeout=90)
+    _invariants(namespace, "crash", 0, size)
     assert status(namespace, "crash")["restartCount"] == 0
     fail_pod(namespace, "crash-worker-7-a0", 137)
     wait_for(
         lambda: status(namespace, "crash").get("attempt") == 1, 20, interval=0.02, what="restart decided"
     )
-    operator.kill()  # mid restart
+    operator.kill()  # mid restart: old pods being deleted, new ones being created
+    mid = job_pods(namespace, "crash")
     operator.start()
-    wait_running(namespace, "crash", 1, 24, timeout=60)
-    wait_for(lambda: not job_pods(namespace, "crash", 0), 20, what="old gang gone")
-    _invariants(namespace, "crash", 1, 24)
+    wait_running(namespace, "crash", 1, size, timeout=90)
+    wait_for(lambda: not job_pods(namespace, "crash", 0), 30, what="old gang gone")
+    _invariants(namespace, "crash", 1, size)
     st = status(namespace, "crash")
     assert st["restartCount"] == 1 and st["attempt"] == 1 and st["phase"] == "Running"
-    print(f"pods created before the first kill: {created} of 24")
+    new_at_kill = sum(p["metadata"]["labels"]["loom.ml/attempt"] == "1" for p in mid)
+    print(f"at the kills: {created} of {size} pods created; {new_at_kill} of {size} of the new gang")
 
 
 def test_metrics(operator: Operator, namespace: str, pool: Pool) -> None:

@@ -15,6 +15,7 @@ from loom.builders.trainingjob import (
     members,
     name_problem,
     pod_gpus,
+    spec_hash,
 )
 
 
@@ -167,7 +168,15 @@ def test_priority_class_and_template_metadata() -> None:
     pod = desired_pods(job, 0)[0]
     assert pod["spec"]["priorityClassName"] == "high"
     assert pod["metadata"]["labels"]["team"] == "ranking"
-    assert pod["metadata"]["annotations"] == {"a": "b"}
+    assert pod["metadata"]["annotations"] == {"a": "b", "loom.ml/spec-hash": spec_hash(job)}
+
+
+def test_spec_hash_follows_the_pod_spec_not_the_retry_policy() -> None:
+    job = make_job()
+    assert spec_hash(job) == spec_hash(make_job(run_policy={"backoffLimit": 9, "suspend": True}))
+    assert spec_hash(job) != spec_hash(make_job(gpus=4))
+    assert spec_hash(job) != spec_hash(make_job(roles={"master": 1, "worker": 4}))
+    assert spec_hash(job) != spec_hash(make_job(run_policy={"priorityClassName": "high"}))
 
 
 def test_headless_service_follows_the_current_attempt() -> None:

@@ -276,6 +276,27 @@ def test_crash_after_the_restart_status_patch_does_not_restart_twice() -> None:
     assert plan.events == [Event("Normal", "GangCreated", "creating 4 pods of attempt 1")]
 
 
+def test_changing_the_pod_spec_restarts_the_gang_without_counting() -> None:
+    job, pods = running_job(gpus=8)
+    changed = job.model_copy(deep=True)
+    changed.spec.replicaSpecs["worker"].replicas = 4
+    _, plan = step(changed, pods, now=at(10))
+    assert cond(plan, "Restarting").reason == "SpecChanged"
+    assert plan.status.restartCount == 0 and plan.status.attempt == 1
+    assert len(plan.create) == 5 and len(plan.delete) == 4
+    relaxed = job.model_copy(deep=True)
+    relaxed.spec.runPolicy.backoffLimit = 10
+    _, plan = step(relaxed, pods, now=at(10))
+    assert plan.create == [] and plan.delete == []
+
+
+def test_a_job_being_deleted_gets_no_new_pods() -> None:
+    job = make_job()
+    job.metadata["deletionTimestamp"] = T0.isoformat()
+    plan = decide(job, [], make_cluster(), T0)
+    assert plan.create == [] and plan.events == [] and plan.status.conditions == []
+
+
 # -- gang timeout -------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ selector follows the current attempt so that DNS never answers with a pod of an 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,7 @@ LABEL_JOB = "loom.ml/trainingjob"
 LABEL_ROLE = "loom.ml/role"
 LABEL_INDEX = "loom.ml/replica-index"
 LABEL_ATTEMPT = "loom.ml/attempt"
+SPEC_HASH = "loom.ml/spec-hash"
 GPU = "nvidia.com/gpu"
 RDZV_PORT = 29400
 MASTER_ROLE = "master"
@@ -49,6 +51,13 @@ def _copy(value: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of a JSON-shaped dict (API objects are), several times faster than copy.deepcopy."""
     copied: dict[str, Any] = json.loads(json.dumps(value))
     return copied
+
+
+def spec_hash(job: TrainingJob) -> str:
+    """A digest of everything in the spec that shapes the pods (not runPolicy's retry and time limits)."""
+    spec = job.spec.model_dump(mode="json", include={"replicaSpecs", "nprocPerNode", "masterPort", "elastic"})
+    spec["priorityClassName"] = job.spec.runPolicy.priorityClassName
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def pod_name(job: str, role: str, index: int, attempt: int) -> str:
@@ -262,8 +271,7 @@ def desired_pod(
         "labels": pod_labels,
         "ownerReferences": [owner_reference(job)],
     }
-    if meta.get("annotations"):
-        metadata["annotations"] = dict(meta["annotations"])
+    metadata["annotations"] = {**(meta.get("annotations") or {}), SPEC_HASH: spec_hash(job)}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from loom.builders.trainingjob import SPEC_HASH
 from loom.controllers.trainingjob_gang import has_gang_gate
 
 EXPECTATION_TTL = timedelta(seconds=30)
@@ -30,10 +31,11 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
     status = body.get("status") or {}
+    slim_meta = _pick(meta, ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp"))
+    if SPEC_HASH in (meta.get("annotations") or {}):
+        slim_meta["annotations"] = {SPEC_HASH: meta["annotations"][SPEC_HASH]}
     return {
-        "metadata": _pick(
-            meta, ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
-        ),
+        "metadata": slim_meta,
         "spec": {
             **_pick(spec, ("nodeName", "schedulingGates")),
             "containers": [_pick(c, _CONTAINER_KEYS) for c in spec.get("containers") or []],

@@ -29,12 +29,14 @@ from loom.builders.trainingjob import (
     LABEL_ATTEMPT,
     LABEL_ROLE,
     MASTER_ROLE,
+    SPEC_HASH,
     desired_pods,
     desired_service,
     full_size,
     name_problem,
     pod_gpus,
     role_order,
+    spec_hash,
 )
 from loom.controllers.trainingjob_gang import GpuPod, Node, fits, free_gpus, has_gang_gate
 from loom.health.failures import Action, Failure, FailureKind, NodeState, classify, is_terminal
@@ -156,6 +158,9 @@ class _Decision:
 
     # -- the state machine, read top-down ------------------------------------------------------
     def run(self) -> Plan:
+        if self.job.metadata.get("deletionTimestamp"):  # being deleted: its pods go with it
+            self.plan.status = self.job.status or self.st
+            return self.plan
         if self._finished():
             return self._after_finish()
         if not self._has(CREATED):
@@ -180,8 +185,9 @@ class _Decision:
         self._count_replicas()
         if self._gang_succeeded():
             return self._succeed()
-        failure = self._gang_failure()
-        if failure is not None:
+        if self._spec_changed():  # the old gang's state no longer matters
+            self._restart("SpecChanged", "the pod spec was changed", counted=False)
+        elif (failure := self._gang_failure()) is not None:
             if failure.action is Action.FAIL:
                 policy = self._policy_of(failure.pod)
                 return self._fail(failure.kind, f"{failure.message}: permanent under restartPolicy {policy}")
@@ -424,6 +430,14 @@ class _Decision:
             and pod.get("status", {}).get("phase") == "Running"
             and not is_deleting(pod)
             for e in expected
+        )
+
+    def _spec_changed(self) -> bool:
+        """Was the live gang built from an older pod spec (templates, replicas, nproc, elastic)?"""
+        current = spec_hash(self.job)
+        return any(
+            p["metadata"].get("annotations", {}).get(SPEC_HASH, current) != current
+            for p in self._live_current()
         )
 
     def _gang_timed_out(self) -> bool:
