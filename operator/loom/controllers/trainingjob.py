@@ -91,12 +91,7 @@ async def trainingjob_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, N
 
 # -- triggers ------------------------------------------------------------------------------------
 @kopf.on.startup()
-async def trainingjob_start(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
-    if settings.peering.standalone:
-        # runner.run passes peering_name="default" even without --peering, which makes peering
-        # mandatory and pauses every watch while Kopf's peering CRDs are absent. Standalone means
-        # no peering at all; remove once runner.py passes peering_name only with --peering.
-        settings.peering.mandatory = False
+async def trainingjob_start(**kwargs: Any) -> None:
     for name in ("trainingjob_bodies", "trainingjob_pods", "trainingjob_gpu_pods", "trainingjob_nodes"):
         _indices[name] = kwargs[name]
     await _in_thread(_warm_up)
