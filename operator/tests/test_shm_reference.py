@@ -5,35 +5,16 @@ regression files, then a few thousand deterministic mutations of valid files."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import struct
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import safetensors
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ = REPO / "sidecar_native" / "fuzz"
-
-
-def sidecar_bin() -> str:
-    env = os.environ.get("LOOM_SIDECAR_BIN")
-    if env:
-        if not os.access(env, os.X_OK):
-            pytest.fail(f"LOOM_SIDECAR_BIN={env} is not an executable file")
-        return env
-    build = subprocess.run(
-        [str(REPO / "sidecar_native/scripts/build.sh"), "release"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if build.returncode != 0:
-        pytest.fail(f"building loom-sidecar failed:\n{build.stderr[-3000:]}")
-    return build.stdout.strip().splitlines()[-1]
 
 
 def reference_accepts(data: bytes) -> tuple[bool, str]:
@@ -45,16 +26,14 @@ def reference_accepts(data: bytes) -> tuple[bool, str]:
     return True, ""
 
 
-def compare(tmp_path: Path, cases: dict[str, bytes]) -> list[str]:
+def compare(binary: str, tmp_path: Path, cases: dict[str, bytes]) -> list[str]:
     """Writes the cases, runs one `inspect --json` over all, returns the disagreements."""
     paths = []
     for name, data in cases.items():
         p = tmp_path / name
         p.write_bytes(data)
         paths.append(str(p))
-    r = subprocess.run(
-        [sidecar_bin(), "inspect", "--json", *paths], capture_output=True, text=True, check=False
-    )
+    r = subprocess.run([binary, "inspect", "--json", *paths], capture_output=True, text=True, check=False)
     results = json.loads(r.stdout)
     assert len(results) == len(cases)
     mismatches = []
@@ -71,7 +50,7 @@ def compare(tmp_path: Path, cases: dict[str, bytes]) -> list[str]:
     return mismatches
 
 
-def test_corpus_and_regressions_agree_with_the_reference(tmp_path: Path) -> None:
+def test_corpus_and_regressions_agree_with_the_reference(binary: str, tmp_path: Path) -> None:
     cases = {}
     for kind in ("corpus", "regressions"):
         for p in sorted((FUZZ / kind / "safetensors_fuzz").iterdir()):
@@ -80,7 +59,7 @@ def test_corpus_and_regressions_agree_with_the_reference(tmp_path: Path) -> None
     # The seeds are valid and the regression files invalid, per the reference itself.
     for name, data in cases.items():
         assert reference_accepts(data)[0] == name.startswith("corpus-"), name
-    assert compare(tmp_path, cases) == []
+    assert compare(binary, tmp_path, cases) == []
 
 
 def _header(data: bytes) -> tuple[int, bytes, bytes]:
@@ -177,7 +156,7 @@ def _mutate_bytes(rng: random.Random, data: bytes) -> bytes:
     return bytes(b)
 
 
-def test_mutations_agree_with_the_reference(tmp_path: Path) -> None:
+def test_mutations_agree_with_the_reference(binary: str, tmp_path: Path) -> None:
     seeds = [p.read_bytes() for p in sorted((FUZZ / "corpus" / "safetensors_fuzz").iterdir())]
     rng = random.Random(20240611)
     cases: dict[str, bytes] = {}
@@ -190,5 +169,5 @@ def test_mutations_agree_with_the_reference(tmp_path: Path) -> None:
         )
     accepted = sum(reference_accepts(d)[0] for d in cases.values())
     assert 100 < accepted < len(cases) - 100, "mutations should produce both valid and invalid files"
-    mismatches = compare(tmp_path, cases)
+    mismatches = compare(binary, tmp_path, cases)
     assert mismatches == [], "\n".join(mismatches[:20])

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -25,37 +23,6 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from loom import shm
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def sidecar_bin() -> str:
-    env = os.environ.get("LOOM_SIDECAR_BIN")
-    if env:
-        if not os.access(env, os.X_OK):
-            pytest.fail(f"LOOM_SIDECAR_BIN={env} is not an executable file")
-        return env
-    build = subprocess.run(
-        [str(REPO / "sidecar_native/scripts/build.sh"), "release"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if build.returncode != 0:
-        pytest.fail(f"building loom-sidecar failed:\n{build.stderr[-3000:]}")
-    return build.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def binary() -> str:
-    return sidecar_bin()
-
-
-@pytest.fixture
-def shm_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="loom-sidecar-test-", dir="/dev/shm"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
