@@ -303,6 +303,10 @@ def main() -> int:
     print(f"API requests per job (startup): {requests / args.jobs:.1f} ({breakdown})")
     print(f"operator peak RSS after startup: {peak_rss_mb(operator.process.pid):.0f} MB")
     print(f"operator CPU until all Running: {cpu_seconds(operator.process.pid):.1f} s", flush=True)
+    reconciles = metric_sum(after, "loom_reconcile_seconds_count") - metric_sum(
+        before, "loom_reconcile_seconds_count"
+    )
+    print(f"reconciles per job (startup): {reconciles / args.jobs:.1f}")
 
     restart_latencies: list[float] = []
     for i in range(min(args.restarts, len(running_at))):

@@ -26,7 +26,7 @@ from loom import kube, metrics
 from loom.api.common import API_VERSION, GROUP, VERSION
 from loom.api.trainingjob import TrainingJob, TrainingJobStatus
 from loom.builders.trainingjob import LABEL_JOB, pod_gpus
-from loom.controllers.trainingjob_gang import GpuPod, Node, gpu_pod_from, node_from
+from loom.controllers.trainingjob_gang import Node, gpu_pod_from, node_from
 from loom.controllers.trainingjob_observe import Expectations, slim_pod
 from loom.controllers.trainingjob_plan import RESYNC, Cluster, Plan, decide
 from loom.controllers.trainingjob_queue import WorkQueue
@@ -45,10 +45,7 @@ _indices: dict[str, Any] = {}
 _nodes_seen: dict[str, tuple[bool, bool, int]] = {}
 _last_status_patch: dict[Key, float] = {}
 COUNTS_COALESCE_SECONDS = 1.0
-
-
-def _requests_gpus(spec: Any, **_: Any) -> bool:
-    return pod_gpus(spec) > 0
+POD_EVENT_BATCH_SECONDS = 0.1
 
 
 def _pod_matters(labels: kopf.Labels, spec: Any, status: Any, type: str | None, **_: Any) -> bool:
@@ -72,16 +69,19 @@ async def trainingjob_bodies(
     return {(str(namespace), name): json.loads(json.dumps(dict(body)))}
 
 
-@kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT})
+@kopf.index("pods")
 async def trainingjob_pods(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
-) -> dict[Key, dict[str, Any]]:
-    return {(str(namespace), labels[LABEL_JOB]): slim_pod(body)}
-
-
-@kopf.index("pods", when=_requests_gpus)
-async def trainingjob_gpu_pods(body: kopf.Body, **_: Any) -> GpuPod:
-    return gpu_pod_from(body)
+) -> dict[Key | None, Any]:
+    """Two kinds of entries in one index (one call per pod event): a TrainingJob's pods (slim) under
+    (namespace, job), and every pod that holds or wants GPUs, for gang admission, under None."""
+    out: dict[Key | None, Any] = {}
+    if LABEL_JOB in labels:
+        out[(str(namespace), labels[LABEL_JOB])] = slim_pod(body)
+    gpu_pod = gpu_pod_from(body)
+    if gpu_pod.gpus > 0:
+        out[None] = gpu_pod
+    return out
 
 
 @kopf.index("nodes")
@@ -92,7 +92,7 @@ async def trainingjob_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, N
 # -- triggers ------------------------------------------------------------------------------------
 @kopf.on.startup()
 async def trainingjob_start(**kwargs: Any) -> None:
-    for name in ("trainingjob_bodies", "trainingjob_pods", "trainingjob_gpu_pods", "trainingjob_nodes"):
+    for name in ("trainingjob_bodies", "trainingjob_pods", "trainingjob_nodes"):
         _indices[name] = kwargs[name]
     await _in_thread(_warm_up)
     queue.start()
@@ -112,8 +112,8 @@ async def trainingjob_pod_event(
     type: str | None,
     **_: Any,
 ) -> None:
-    if LABEL_JOB in labels:
-        queue.add((str(namespace), labels[LABEL_JOB]))
+    if LABEL_JOB in labels:  # a gang's pods change together: one reconcile for the burst
+        queue.add((str(namespace), labels[LABEL_JOB]), delay=POD_EVENT_BATCH_SECONDS)
     if pod_gpus(spec) > 0 and (type == "DELETED" or status.get("phase") in ("Succeeded", "Failed")):
         _wake_waiting()  # GPUs were freed: gangs waiting for them may fit now
 
@@ -140,7 +140,7 @@ async def reconcile(key: Key) -> float | None:
     now = datetime.now(UTC)
     pods = _expectations.merge(key, _store(_indices["trainingjob_pods"], key), now)
     nodes = {n.name: n for n in _store(_indices["trainingjob_nodes"], None, all_keys=True)}
-    gpu_pods = _indices["trainingjob_gpu_pods"].get(None) or ()
+    gpu_pods = _indices["trainingjob_pods"].get(None) or ()
     cluster = Cluster(nodes=nodes, pods=gpu_pods, admitted=_expectations.admitted(now))
     plan = decide(job, pods, cluster, now)
     for name, _ in plan.ungate:  # reserve the GPUs now, before any other job decides
