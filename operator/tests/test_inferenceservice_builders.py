@@ -104,7 +104,7 @@ def test_deployment_identity_labels_and_owner() -> None:
         "loom.ml/revision": "abc",
     }
     labels = d["spec"]["template"]["metadata"]["labels"]
-    assert labels["loom.ml/revision"] == "abc" and labels["app.kubernetes.io/managed-by"] == "loom"
+    assert labels["loom.ml/revision"] == "abc" and labels["app.kubernetes.io/managed-by"] == "loom-operator"
     owner = d["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "InferenceService" and owner["uid"] == "uid-ranker" and owner["controller"]
     assert selector(isvc) == "loom.ml/inferenceservice=ranker"

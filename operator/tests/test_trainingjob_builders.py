@@ -47,6 +47,7 @@ def test_pod_names_labels_and_owner() -> None:
         "name": "train",
         "uid": "uid-1",
         "controller": True,
+        "blockOwnerDeletion": True,
     }
 
 

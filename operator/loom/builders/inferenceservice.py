@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loom.api.common import API_VERSION
 from loom.api.inferenceservice import (
     GPU_HEALTH_LABEL,
     GPU_UNHEALTHY,
@@ -28,6 +27,7 @@ from loom.api.inferenceservice import (
     InferenceService,
     InferenceServiceSpec,
 )
+from loom.builders.common import owner_reference, recommended_labels
 
 SIDECAR_PORT = 8470
 DEFAULT_SIDECAR_IMAGE = "ghcr.io/loom-ml/loom-sidecar:0.1.0"
@@ -127,30 +127,13 @@ def url(isvc: InferenceService) -> str:
 
 
 def labels(isvc: InferenceService, revision: str | None = None) -> dict[str, str]:
-    name = str(isvc.metadata["name"])
-    out = {
-        "app.kubernetes.io/name": name,
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": "predictor",
-        "app.kubernetes.io/part-of": "loom",
-        "app.kubernetes.io/managed-by": "loom",
-        LABEL_SERVICE: name,
+    out = recommended_labels(isvc, "predictor") | {
+        LABEL_SERVICE: str(isvc.metadata["name"]),
         LABEL_ROLE: "predictor",
     }
     if revision:
         out[LABEL_REVISION] = revision
     return out
-
-
-def owner_reference(isvc: InferenceService) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "InferenceService",
-        "name": isvc.metadata["name"],
-        "uid": isvc.metadata["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def _metadata(isvc: InferenceService, name: str, revision: str | None = None) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from loom.api.common import API_VERSION
 from loom.api.trainingjob import TrainingJob
+from loom.builders.common import owner_reference, recommended_labels
 
 GANG_GATE = "loom.ml/gang"
 LABEL_JOB = "loom.ml/trainingjob"
@@ -164,28 +164,10 @@ def is_gang_scheduled(job: TrainingJob) -> bool:
 
 
 def labels(job: TrainingJob, role: str | None = None) -> dict[str, str]:
-    name = str(job.metadata["name"])
-    out = {
-        LABEL_JOB: name,
-        "app.kubernetes.io/name": "trainingjob",
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/part-of": "loom",
-        "app.kubernetes.io/managed-by": "loom-operator",
-    }
+    out = recommended_labels(job, role) | {LABEL_JOB: str(job.metadata["name"])}
     if role is not None:
         out[LABEL_ROLE] = role
-        out["app.kubernetes.io/component"] = role
     return out
-
-
-def owner_reference(job: TrainingJob) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "TrainingJob",
-        "name": job.metadata["name"],
-        "uid": job.metadata["uid"],
-        "controller": True,
-    }
 
 
 def env(job: TrainingJob, gang: list[Member], member: Member, attempt: int) -> list[dict[str, str]]:
