@@ -11,7 +11,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -130,26 +130,6 @@ def delete(
 
 
 @retrying
-def get(api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
-    metrics.API_REQUESTS.labels(operation="get", kind=kind).inc()
-    try:
-        found: dict[str, Any] = _resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
-    except NotFoundError:
-        return None
-    return found
-
-
-@retrying
-def list_objects(
-    api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
-) -> list[dict[str, Any]]:
-    metrics.API_REQUESTS.labels(operation="list", kind=kind).inc()
-    found = _resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
-    items: list[dict[str, Any]] = found.to_dict().get("items", [])
-    return items
-
-
-@retrying
 def patch(
     api_version: str,
     kind: str,
@@ -205,18 +185,3 @@ def event(involved: dict[str, Any], reason: str, message: str, *, type_: str = "
         create(body)
     except ApiException as e:
         log.warning("could not record event %s on %s: %s", reason, meta["name"], e.reason)
-
-
-def watch_pods(namespace: str | None, label_selector: str) -> Iterator[dict[str, Any]]:
-    """Yield pod events (type + object) for pods matching the selector; for tools and benchmarks."""
-    from kubernetes import watch
-
-    dynamic()
-    v1 = client.CoreV1Api()
-    stream = watch.Watch().stream(
-        v1.list_namespaced_pod if namespace else v1.list_pod_for_all_namespaces,
-        **({"namespace": namespace} if namespace else {}),
-        label_selector=label_selector,
-    )
-    for item in stream:
-        yield {"type": item["type"], "object": client.ApiClient().sanitize_for_serialization(item["object"])}
