@@ -8,7 +8,7 @@ from test_inferenceservice_factories import T0, make_isvc
 
 from loom.api.inferenceservice import InferenceServiceStatus, ModelState, ModelStatus
 from loom.autoscaling.scaler import Decision, Mode
-from loom.controllers.inferenceservice_status import Observed, build_status, events, model_status
+from loom.builders.inferenceservice_status import Observed, build_status, events, model_status
 from loom.health.pods import Issue, PodModel, Replacements, RevisionPods
 
 ISVC = make_isvc(replicas=2)

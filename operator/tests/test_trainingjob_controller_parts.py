@@ -100,9 +100,10 @@ def test_work_queue_dedupes_serialises_and_requeues() -> None:
     assert seen.count("c") == 2  # retried after the error
 
 
-def test_decision_modules_do_no_io() -> None:
+def test_observation_helpers_do_no_io() -> None:
+    """trainingjob_observe lives beside the handlers; import-linter guards the pure layers, this it."""
     root = Path(__file__).resolve().parents[1] / "loom" / "controllers"
-    for module in ("trainingjob_plan", "trainingjob_gang", "trainingjob_observe"):
+    for module in ("trainingjob_observe",):
         tree = ast.parse((root / f"{module}.py").read_text())
         imported = {
             name

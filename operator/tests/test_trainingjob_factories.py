@@ -9,9 +9,9 @@ from typing import Any
 
 from loom.api.trainingjob import TrainingJob, TrainingJobStatus
 from loom.builders.trainingjob import desired_pods
-from loom.controllers.trainingjob_gang import GpuPod, Node, gpu_pod_from
+from loom.builders.trainingjob_gang import GpuPod, Node, gpu_pod_from
+from loom.builders.trainingjob_plan import Cluster
 from loom.controllers.trainingjob_observe import slim_pod
-from loom.controllers.trainingjob_plan import Cluster
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from loom.controllers.trainingjob_gang import (
+from loom.builders.trainingjob_gang import (
     GpuPod,
     Node,
     fits,

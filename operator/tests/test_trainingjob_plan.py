@@ -17,8 +17,8 @@ from test_trainingjob_factories import (
 )
 
 from loom.api.trainingjob import TrainingJob
-from loom.controllers.trainingjob_gang import GpuPod, Node
-from loom.controllers.trainingjob_plan import Cluster, Event, Plan, decide
+from loom.builders.trainingjob_gang import GpuPod, Node
+from loom.builders.trainingjob_plan import Cluster, Event, Plan, decide
 
 
 def names(pods: list[dict[str, Any]]) -> list[str]:

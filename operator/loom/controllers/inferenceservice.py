@@ -55,7 +55,7 @@ from loom.builders.inferenceservice import (
     revision_hash,
     rollout_target,
 )
-from loom.controllers.inferenceservice_status import Observed, build_status, events
+from loom.builders.inferenceservice_status import Observed, build_status, events
 from loom.health.pods import (
     Issue,
     PodView,

@@ -26,9 +26,9 @@ from loom import kube, metrics
 from loom.api.common import API_VERSION, GROUP, VERSION
 from loom.api.trainingjob import TrainingJob, TrainingJobStatus
 from loom.builders.trainingjob import LABEL_JOB, pod_gpus
-from loom.controllers.trainingjob_gang import Node, gpu_pod_from, node_from
+from loom.builders.trainingjob_gang import Node, gpu_pod_from, node_from
+from loom.builders.trainingjob_plan import RESYNC, Cluster, Plan, decide
 from loom.controllers.trainingjob_observe import Expectations, slim_pod
-from loom.controllers.trainingjob_plan import RESYNC, Cluster, Plan, decide
 from loom.controllers.trainingjob_queue import WorkQueue
 
 KIND = "TrainingJob"

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from loom.builders.trainingjob import SPEC_HASH
-from loom.controllers.trainingjob_gang import has_gang_gate
+from loom.builders.trainingjob_gang import has_gang_gate
 
 EXPECTATION_TTL = timedelta(seconds=30)
 

@@ -38,7 +38,7 @@ from loom.builders.trainingjob import (
     role_order,
     spec_hash,
 )
-from loom.controllers.trainingjob_gang import GpuPod, Node, fits, free_gpus, has_gang_gate
+from loom.builders.trainingjob_gang import GpuPod, Node, fits, free_gpus, has_gang_gate
 from loom.health.failures import Action, Failure, FailureKind, NodeState, classify, is_terminal
 
 CREATED, RUNNING, RESTARTING = "Created", "Running", "Restarting"
