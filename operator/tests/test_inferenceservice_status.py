@@ -79,7 +79,7 @@ def test_rollback_wins_over_a_replacement_pod_that_loaded_meanwhile() -> None:
         stable="old",
         target="old",
         failed=("new",),
-        rollback=Issue("p", "SourceUnreachable", "exit 3: 404", exit_code=3),
+        rollback=Issue("p", "SourceUnreachable", "exit 3: 404", load_failure=True, exit_code=3),
         summaries={"old": RevisionPods("old", 2, 2, 2), "new": RevisionPods("new", 1, 1, 1)},
         plan={"old": 2, "new": 0},
     )

@@ -73,33 +73,43 @@ def _condition(
 def model_status(
     previous: ModelStatus, revision: str, pods: RevisionPods, rolled_back: Issue | None
 ) -> ModelStatus:
-    """The latest revision's model. A rolled-back revision reports why it was rolled back, even when a
-    replacement pod loaded the model meanwhile; a load failure stays reported until a pod loads it."""
+    """The latest revision's model. A revision rolled back because its model failed to load reports
+    that failure, even when a replacement pod loaded the model meanwhile; a load failure stays
+    reported until a pod of the revision loads the model."""
     same_failed_revision = previous.revision == revision and previous.state == ModelState.FAILED_TO_LOAD
-    if rolled_back is not None:
+    load_failure = pods.failure or (
+        rolled_back if rolled_back is not None and rolled_back.load_failure else None
+    )
+    if rolled_back is not None and load_failure is not None:
         if same_failed_revision:
             return previous
-        cause = pods.failure or rolled_back
         return ModelStatus(
             state=ModelState.FAILED_TO_LOAD,
-            reason=cause.reason,
-            message=cause.message,
-            exitCode=cause.exit_code,
+            reason=load_failure.reason,
+            message=load_failure.message,
+            exitCode=load_failure.exit_code,
             revision=revision,
         )
     if pods.loaded:
         return ModelStatus(state=ModelState.LOADED, revision=revision, loadedReplicas=pods.loaded)
-    failure = pods.failure
-    if failure is not None:
+    if pods.failure is not None:
         return ModelStatus(
             state=ModelState.FAILED_TO_LOAD,
-            reason=failure.reason,
-            message=failure.message,
-            exitCode=failure.exit_code,
+            reason=pods.failure.reason,
+            message=pods.failure.message,
+            exitCode=pods.failure.exit_code,
             revision=revision,
         )
-    if same_failed_revision:
-        return previous
+    if same_failed_revision or (previous.revision == revision and rolled_back is not None and not pods.pods):
+        return previous  # what was last seen of a revision whose pods are gone
+    if rolled_back is not None:
+        return ModelStatus(
+            state=ModelState.FAILED_TO_LOAD,
+            reason=rolled_back.reason,
+            message=rolled_back.message,
+            exitCode=rolled_back.exit_code,
+            revision=revision,
+        )
     state = ModelState.LOADING if pods.loading else ModelState.PENDING
     reason = "Staging" if pods.loading else "NoPods" if not pods.pods else "Scheduling"
     return ModelStatus(state=state, reason=reason, revision=revision)

@@ -307,7 +307,9 @@ def rollout_failure(
     pods = [v for v in live(views) if v.revision == revision]
     for v in pods:
         if v.model.state == ModelState.FAILED_TO_LOAD:
-            return Issue(v.name, v.model.reason, v.model.message, exit_code=v.model.exit_code)
+            return Issue(
+                v.name, v.model.reason, v.model.message, load_failure=True, exit_code=v.model.exit_code
+            )
     for v in pods:
         if (issue := _pod_issue(v, None, spec)) is not None:
             return Issue(
