@@ -98,18 +98,28 @@ class PodWatch:
         self.pods: dict[str, tuple[str, int, str, bool]] = {}  # name -> (job, attempt, phase, deleting)
         self.added: list[float] = []
         self.changed = threading.Condition(self.lock)
+        self.closed = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop watching (before the cluster goes away)."""
+        self.closed.set()
 
     def _run(self) -> None:
         v1 = client.CoreV1Api()
-        while True:
+        while not self.closed.is_set():
             try:
                 for event in watch.Watch().stream(
                     v1.list_namespaced_pod, NS, label_selector="loom.ml/trainingjob", deserialize=False
                 ):
                     self._apply(json.loads(event) if isinstance(event, str) else event)
+                    if self.closed.is_set():
+                        return
             except Exception as e:  # the watch expires or the connection drops: resume
+                if self.closed.is_set():
+                    return
                 print(f"watch restarted: {e}", file=sys.stderr)
+                time.sleep(0.2)
 
     def _apply(self, event: dict[str, Any]) -> None:
         pod = event["object"]
@@ -216,6 +226,7 @@ def baseline(args: argparse.Namespace) -> int:
     print(f"baseline: {count} plain pods created in {last_create - t0:.1f} s")
     print(f"baseline: last create -> all Running: {time.monotonic() - last_create:.1f} s ({ok})")
     kubectl("delete", "namespace", NS, "--wait=false")
+    pods.close()
     if not args.kubeconfig and not args.keep_cluster:
         stop_cluster()
     return 0 if ok else 1
@@ -346,6 +357,7 @@ def main() -> int:
     }
     print(json.dumps(figures))
     operator.stop()
+    pods.close()
     if not args.kubeconfig and not args.keep_cluster:
         stop_cluster()
     return 0 if ok else 1
