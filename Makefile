@@ -65,6 +65,8 @@ test-e2e: venv cluster-build
 
 test: deps venv lint test-unit test-sidecar test-e2e
 
+# The examples ask for more GPUs than the default 4 nodes have: the demo cluster has 8 GPU nodes.
+demo: GPU_NODES = 8
 demo: deps venv cluster-up
 	./scripts/demo.sh
 

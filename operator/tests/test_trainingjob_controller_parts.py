@@ -10,6 +10,7 @@ from pathlib import Path
 from test_trainingjob_factories import T0, at, make_job, make_pod
 
 from loom.builders.trainingjob import desired_pods
+from loom.builders.trainingjob_gang import GpuPod, Node, free_gpus
 from loom.controllers.trainingjob_observe import Expectations, slim_pod
 from loom.controllers.trainingjob_queue import WorkQueue
 
@@ -116,3 +117,23 @@ def test_observation_helpers_do_no_io() -> None:
         assert not {n for n in imported if n.split(".")[0] in ("kopf", "kubernetes") or n == "loom.kube"}, (
             module
         )
+
+
+def test_pods_admitted_as_they_are_created_take_gpus_before_the_watch_shows_them() -> None:
+    exp = Expectations()
+    exp.reserve(GpuPod("ns", "a-worker-0-a0", None, 8, gated=True), T0)
+    exp.reserve(GpuPod("ns", "a-worker-1-a0", None, 8, gated=True), T0)
+    reserved = exp.reservations(set(), at(1))
+    assert [(p.name, p.gpus, p.gated) for p in reserved] == [
+        ("a-worker-0-a0", 8, False),
+        ("a-worker-1-a0", 8, False),
+    ]
+    # Two 8-GPU nodes are no longer free for another job's gang.
+    nodes = [Node("n1", gpus=8), Node("n2", gpus=8)]
+    assert free_gpus(nodes, reserved) == {"n1": 0, "n2": 0}
+    # Once the index shows a pod it speaks for itself; a write that never showed expires.
+    assert [p.name for p in exp.reservations({("ns", "a-worker-0-a0")}, at(2))] == ["a-worker-1-a0"]
+    assert exp.reservations(set(), T0 + timedelta(seconds=31)) == []
+    exp.reserve(GpuPod("ns", "b-0", None, 4), T0)
+    exp.cancel_ungated("ns", "b-0")
+    assert exp.reservations(set(), at(1)) == []

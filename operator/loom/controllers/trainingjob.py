@@ -140,11 +140,16 @@ async def reconcile(key: Key) -> float | None:
     now = datetime.now(UTC)
     pods = _expectations.merge(key, _store(_indices["trainingjob_pods"], key), now)
     nodes = {n.name: n for n in _store(_indices["trainingjob_nodes"], None, all_keys=True)}
-    gpu_pods = _indices["trainingjob_pods"].get(None) or ()
+    indexed = list(_indices["trainingjob_pods"].get(None) or ())
+    seen = {(p.namespace, p.name) for p in indexed}
+    gpu_pods = [*indexed, *_expectations.reservations(seen, now)]
     cluster = Cluster(nodes=nodes, pods=gpu_pods, admitted=_expectations.admitted(now))
     plan = decide(job, pods, cluster, now)
+    created = {p["metadata"]["name"]: p for p in plan.create}
     for name, _ in plan.ungate:  # reserve the GPUs now, before any other job decides
         _expectations.expect_ungated(key[0], name, now)
+        if name in created:
+            _expectations.reserve(gpu_pod_from(created[name]), now)
     (_waiting.add if plan.waiting_for_capacity else _waiting.discard)(key)
     if _only_counts_changed(job.status, plan.status):
         waited = time.monotonic() - _last_status_patch.get(key, 0.0)

@@ -8,13 +8,13 @@ the indexes are filled from a fresh list before any reconcile runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from loom.builders.trainingjob import SPEC_HASH
-from loom.builders.trainingjob_gang import has_gang_gate
+from loom.builders.trainingjob_gang import GpuPod, has_gang_gate
 
 EXPECTATION_TTL = timedelta(seconds=30)
 
@@ -70,6 +70,7 @@ class Expectations:
     created: dict[tuple[str, str], dict[str, tuple[dict[str, Any], datetime]]] = field(default_factory=dict)
     ungated: dict[tuple[str, str], datetime] = field(default_factory=dict)
     deleted: dict[tuple[str, str], tuple[str | None, datetime]] = field(default_factory=dict)
+    reserved: dict[tuple[str, str], tuple[GpuPod, datetime]] = field(default_factory=dict)
 
     def expect_created(self, job: tuple[str, str], pod: Mapping[str, Any], now: datetime) -> None:
         self.created.setdefault(job, {})[_name(pod)] = (slim_pod(pod), now)
@@ -79,6 +80,18 @@ class Expectations:
 
     def cancel_ungated(self, namespace: str, name: str) -> None:
         self.ungated.pop((namespace, name), None)
+        self.reserved.pop((namespace, name), None)
+
+    def reserve(self, pod: GpuPod, now: datetime) -> None:
+        """A pod admitted in the same plan that creates it: its GPUs are taken before any watch
+        event shows the pod, so that the next job's decision cannot promise them again."""
+        self.reserved[(pod.namespace, pod.name)] = (replace(pod, gated=False), now)
+
+    def reservations(self, observed: Collection[tuple[str, str]], now: datetime) -> list[GpuPod]:
+        """Reserved pods the index does not show yet (`observed`: the (namespace, name) it shows)."""
+        for key in [k for k, (_, t) in self.reserved.items() if k in observed or now - t > EXPECTATION_TTL]:
+            del self.reserved[key]
+        return [pod for pod, _ in self.reserved.values()]
 
     def expect_deleted(self, namespace: str, name: str, uid: str | None, now: datetime) -> None:
         self.deleted[(namespace, name)] = (uid, now)
