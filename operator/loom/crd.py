@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import TypeAdapter
 
 from loom.api import FeaturePipeline, InferenceService, TrainingJob
 from loom.api.common import GROUP, VERSION, Resource
@@ -72,18 +73,13 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: bo
 
 def _nested_defaults(schema: dict[str, Any]) -> dict[str, Any]:
     """The object an empty default expands to, so CEL rules see every defaulted field."""
-    filled: dict[str, Any] = {}
-    for name, child in schema.get("properties", {}).items():
-        if "default" in child:
-            filled[name] = child["default"]
-    return filled
+    return {
+        name: child["default"] for name, child in schema.get("properties", {}).items() if "default" in child
+    }
 
 
 def openapi_schema(model: type[Resource]) -> dict[str, Any]:
     """The openAPIV3Schema of one resource: spec with defaults and CEL rules, status without defaults."""
-    fields = model.model_fields
-    spec_model = fields["spec"].annotation
-    status_model = model.model_fields["status"].annotation
     schema: dict[str, Any] = {
         "type": "object",
         "required": ["spec"],
@@ -93,18 +89,12 @@ def openapi_schema(model: type[Resource]) -> dict[str, Any]:
             "metadata": {"type": "object"},
         },
     }
-    for name, annotation, keep_defaults in (("spec", spec_model, True), ("status", status_model, False)):
-        raw = _model_schema(annotation)
+    for name, keep_defaults in (("spec", True), ("status", False)):
+        annotation: Any = model.model_fields[name].annotation
+        raw = TypeAdapter(annotation).json_schema(mode="validation")
         defs = raw.pop("$defs", {})
         schema["properties"][name] = _structural(raw, defs, keep_defaults=keep_defaults)
     return schema
-
-
-def _model_schema(annotation: Any) -> dict[str, Any]:
-    from pydantic import TypeAdapter
-
-    result: dict[str, Any] = TypeAdapter(annotation).json_schema(mode="validation")
-    return result
 
 
 def crd_for(model: type[Resource]) -> dict[str, Any]:

@@ -122,10 +122,8 @@ def delete(
         body["gracePeriodSeconds"] = grace_period_seconds
     try:
         _resource(api_version, kind).delete(name=name, namespace=namespace, body=body)
-    except (NotFoundError, ApiException) as e:
-        if getattr(e, "status", None) == 404 or isinstance(e, NotFoundError):
-            return False
-        raise
+    except NotFoundError:
+        return False
     return True
 
 
