@@ -61,3 +61,26 @@ TRAININGJOB_RESTART_TO_RUNNING = Histogram(
     "Seconds from the creation of a restarted gang's pods to that gang being Running.",
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
 )
+
+# FeaturePipeline: each finished run is counted once, when the status records it.
+FEATURE_FRESHNESS = Gauge(
+    "loom_feature_freshness_seconds",
+    "Now minus the newest event time a FeaturePipeline has written.",
+    ["namespace", "name"],
+)
+FEATURE_ROWS_WRITTEN = Counter(
+    "loom_feature_rows_written_total",
+    "Rows FeaturePipeline runs wrote (their summaries' rows_out).",
+    ["namespace", "name", "engine"],
+)
+FEATURE_RUNS = Counter(
+    "loom_feature_runs_total",
+    "Finished FeaturePipeline runs, by result.",
+    ["namespace", "name", "engine", "result"],
+)
+FEATURE_RUN_SECONDS = Histogram(
+    "loom_feature_run_duration_seconds",
+    "Duration of finished FeaturePipeline runs (the runtime's own figure when it reported one).",
+    ["engine", "result"],
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
+)

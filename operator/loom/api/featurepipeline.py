@@ -282,6 +282,11 @@ class FeaturePipelineStatus(KubeModel):
     activeRuns: list[str] = Field(default_factory=list, description="Children running now.")
     backfill: BackfillStatus | None = None
     consumers: int | None = Field(default=None, description="Ready stream consumers (streaming).")
+    recordedRuns: list[str] = Field(
+        default_factory=list,
+        description="Finished runs (children) already counted in rowsWritten and lastRun, so that each "
+        "is counted once; only those that still exist.",
+    )
     conditions: list[Condition] = Field(default_factory=list)
     observedGeneration: int | None = None
 
