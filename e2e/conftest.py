@@ -108,6 +108,23 @@ def kubeconfig() -> str:
 
 
 @pytest.fixture(scope="session")
+def engine_crds(kubeconfig: str) -> list[str]:
+    """The real SparkApplication and RayJob CRDs (from the Spark Operator's and KubeRay's Go modules,
+    e2e/cluster/engine-crds.sh), so that their schemas validate what Loom emits."""
+    fetched = subprocess.run(
+        [str(ROOT / "e2e" / "cluster" / "engine-crds.sh")], capture_output=True, text=True, timeout=600
+    )
+    if fetched.returncode != 0:
+        raise RuntimeError(f"e2e/cluster/engine-crds.sh failed:\n{fetched.stderr[-4000:]}")
+    directory = fetched.stdout.strip().splitlines()[-1]
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", directory)
+    names = ["sparkapplications.sparkoperator.k8s.io", "rayjobs.ray.io"]
+    for crd in names:
+        kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    return names
+
+
+@pytest.fixture(scope="session")
 def operator(kubeconfig: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     # Watch only this session's namespaces, so concurrent test sessions never act on each other's objects.

@@ -108,6 +108,36 @@ def set_pod_exit(namespace: str, pod: str, code: int, *, oom: bool = False) -> N
     kubectl("annotate", "pod", "-n", namespace, pod, "--overwrite", *annotations)
 
 
+def set_pod_result(namespace: str, pod: str, code: int, message: str | None = None) -> None:
+    """Make a Running KWOK pod's containers exit with `code` and, like a kubelet reading
+    /dev/termination-log, report `message` as their termination message."""
+    annotations = [f"kwok.loom.ml/exit-code={code}"]
+    if message is not None:
+        annotations.append(f"kwok.loom.ml/termination-message={message}")
+    kubectl("annotate", "pod", "-n", namespace, pod, "--overwrite", *annotations)
+
+
+def patch_status(resource: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Write an object's status subresource, as its own controller would (e.g. the Spark Operator)."""
+    body = json.dumps({"status": status})
+    kubectl("patch", resource, name, "-n", namespace, "--subresource=status", "--type=merge", "-p", body)
+
+
+def events_of(namespace: str, name: str, kind: str) -> list[dict[str, Any]]:
+    out = kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.name={name},involvedObject.kind={kind}",
+        "-o",
+        "json",
+    )
+    items: list[dict[str, Any]] = json.loads(out)["items"]
+    return items
+
+
 def evict_pod(namespace: str, pod: str) -> None:
     """Make a Running KWOK pod fail as evicted by its kubelet."""
     kubectl("annotate", "pod", "-n", namespace, pod, "--overwrite", "kwok.loom.ml/evict=true")
