@@ -162,7 +162,50 @@ INVALID = [
     ),
     pytest.param("FeaturePipeline", _set("engine.type", "flink"), "spec.engine.type", id="fp-bad-engine"),
     pytest.param("FeaturePipeline", _set("schedule", "every hour"), "spec.schedule", id="fp-bad-cron"),
+    pytest.param(
+        "FeaturePipeline",
+        lambda s: _streaming(s, engine="spark"),
+        "spark and ray run batch windows only",
+        id="fp-streaming-on-spark",
+    ),
+    pytest.param(
+        "FeaturePipeline",
+        lambda s: s["source"].update(parquet=None, redisStream={"url": "redis://r:6379", "stream": "s"}),
+        "a batch pipeline reads source.parquet",
+        id="fp-redis-stream-in-batch",
+    ),
+    pytest.param(
+        "FeaturePipeline",
+        lambda s: (s.pop("schedule"), s.pop("backfill")),
+        "a batch pipeline needs a schedule, a backfill, or both",
+        id="fp-batch-without-schedule-or-backfill",
+    ),
+    pytest.param(
+        "FeaturePipeline", _set("allowedLateness", "1 hour"), "spec.allowedLateness", id="fp-bad-lateness"
+    ),
+    pytest.param("FeaturePipeline", _set("backfill.step", "1w"), "spec.backfill.step", id="fp-bad-step"),
+    pytest.param(
+        "FeaturePipeline",
+        lambda s: _streaming(s, maxLatency="1d"),
+        "spec.streaming.maxLatency",
+        id="fp-bad-max-latency",
+    ),
+    pytest.param(
+        "FeaturePipeline",
+        _set("backfill.parallelism", 0),
+        "spec.backfill.parallelism",
+        id="fp-no-parallelism",
+    ),
+    pytest.param("FeaturePipeline", _set("retries", -1), "spec.retries", id="fp-negative-retries"),
 ]
+
+
+def _streaming(spec: dict[str, Any], *, engine: str = "local", **streaming: Any) -> None:
+    """The example turned into a streaming pipeline (then broken by the caller's arguments)."""
+    spec.pop("schedule")
+    spec.pop("backfill")
+    spec.update(mode="streaming", engine={"type": engine}, streaming=streaming)
+    spec["source"].update(parquet=None, redisStream={"url": "redis://r:6379", "stream": "s"})
 
 
 def _server_dry_run(doc: dict[str, Any], namespace: str) -> tuple[int, str]:
