@@ -1,4 +1,4 @@
-"""`loom` command line: run the operator, generate CRDs."""
+"""`loom` command line: run the operator, generate CRDs, run feature pipelines (`loom features`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from loom.crd import RESOURCES, crd_path, render, write_crds
+from loom.features.cli import add_commands as add_feature_commands
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     crds.add_argument("--out", default="crds", help="output directory (default: crds)")
     crds.add_argument("--check", action="store_true", help="exit 1 when the files in --out are stale")
     crds.set_defaults(func=_crds)
+
+    add_feature_commands(commands)
 
     args = parser.parse_args(argv)
     result: int = args.func(args)
