@@ -37,7 +37,9 @@ def add_commands(commands: Any) -> None:
     run.set_defaults(func=_run)
 
     stream = sub.add_parser("stream", help="consume a pipeline's Redis Stream (mode: streaming)")
-    stream.add_argument("-f", "--file", default=None, help="FeaturePipeline YAML/JSON (default: $LOOM_PIPELINE)")
+    stream.add_argument(
+        "-f", "--file", default=None, help="FeaturePipeline YAML/JSON (default: $LOOM_PIPELINE)"
+    )
     stream.add_argument("--consumer", default=None, help="consumer name (default: $POD_NAME or the hostname)")
     stream.set_defaults(func=_stream)
 

@@ -88,7 +88,9 @@ def parse_time(text: str) -> datetime:
     except ValueError as exc:
         raise bad_input(f"{text!r} is not an RFC 3339 time, e.g. 2026-11-01T00:00:00Z") from exc
     if value.tzinfo is None:
-        raise bad_input(f"{text!r} has no time zone: RFC 3339 needs Z or an offset, e.g. 2026-11-01T00:00:00Z")
+        raise bad_input(
+            f"{text!r} has no time zone: RFC 3339 needs Z or an offset, e.g. 2026-11-01T00:00:00Z"
+        )
     return value.astimezone(UTC)
 
 

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
+from typing import TypedDict
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,6 +46,13 @@ TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 NAME = re.compile(r"^w(\d{8}T\d{6}Z)-(\d{8}T\d{6}Z)-(\d{5,})\.parquet$")
 STALE_STAGING_SECONDS = 24 * 3600
 MAX_ROWS_PER_FILE = 16 * 1024 * 1024
+
+
+class Journal(TypedDict):
+    """The commit point's content: (staged, final) moves, then removals; absolute filesystem paths."""
+
+    moves: list[tuple[str, str]]
+    remove: list[str]
 
 
 @dataclass(frozen=True)
@@ -110,7 +118,9 @@ def plan_commit(existing: Sequence[str], staged: Sequence[str], window: Window) 
         if f is None or f.end <= window.start or f.start >= window.end:
             continue
         if not (window.start <= f.start and f.end <= window.end):
-            before = _join(f.dir, file_name(f.start, window.start, f.part)) if f.start < window.start else None
+            before = (
+                _join(f.dir, file_name(f.start, window.start, f.part)) if f.start < window.start else None
+            )
             after = _join(f.dir, file_name(window.end, f.end, f.part)) if window.end < f.end else None
             plan.trims.append(Trim(source=path, before=before, after=after))
         if path not in destinations:
@@ -143,7 +153,9 @@ class OfflineStore:
 
     # --- staging (per partition; runs on executors too) ---------------------------------------
 
-    def stage(self, run_id: str, part: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> list[str]:
+    def stage(
+        self, run_id: str, part: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]
+    ) -> list[str]:
         """Write `batches` as Hive-partitioned files under `<run-id>/<part>/`; the staged relative paths.
 
         A re-staged part replaces what an earlier attempt of the same part left there.
@@ -206,7 +218,7 @@ class OfflineStore:
             moves = [(f"{staging}/{src}", f"{self.root}/{dst}") for src, dst in plan.moves]
             for trim in plan.trims:
                 moves += self._trim(run_id, trim, window)
-            journal = {"moves": moves, "remove": [f"{self.root}/{p}" for p in plan.remove]}
+            journal: Journal = {"moves": moves, "remove": [f"{self.root}/{p}" for p in plan.remove]}
             tmp = f"{staging}/{JOURNAL}.tmp"
             self.fs.create_dir(staging, recursive=True)
             with self.fs.open_output_stream(tmp) as out:
@@ -232,7 +244,8 @@ class OfflineStore:
             journal = f"{info.path}/{JOURNAL}"
             if self.fs.get_file_info(journal).type == pafs.FileType.File:
                 with self.fs.open_input_stream(journal) as f:
-                    self._roll_forward(run_id, json.loads(f.read()))
+                    content = json.loads(f.read())
+                self._roll_forward(run_id, {"moves": content["moves"], "remove": content["remove"]})
             elif info.mtime is not None and time.time() - info.mtime.timestamp() > STALE_STAGING_SECONDS:
                 self.abort(run_id)
 
@@ -260,7 +273,9 @@ class OfflineStore:
                 continue
             staged = f"{self.staging(run_id)}/{TRIM}/{dst}"
             self.fs.create_dir(str(PurePosixPath(staged).parent), recursive=True)
-            bound = _bound(window.start if keep == "before" else window.end, source.schema_arrow, self.timestamp)
+            bound = _bound(
+                window.start if keep == "before" else window.end, source.schema_arrow, self.timestamp
+            )
             expr = ts < bound if keep == "before" else ts >= bound
             rows = 0
             with pq.ParquetWriter(staged, source.schema_arrow, filesystem=self.fs) as writer:
@@ -272,13 +287,12 @@ class OfflineStore:
                 moves.append((staged, f"{self.root}/{dst}"))
         return moves
 
-    def _roll_forward(self, run_id: str, journal: dict[str, list[str] | list[list[str]]]) -> None:
+    def _roll_forward(self, run_id: str, journal: Journal) -> None:
         for src, dst in journal["moves"]:
             if self.fs.get_file_info(src).type == pafs.FileType.File:
                 self.fs.create_dir(str(PurePosixPath(dst).parent), recursive=True)
                 self.fs.move(src, dst)
         for path in journal["remove"]:
-            assert isinstance(path, str)
             with contextlib.suppress(FileNotFoundError):
                 self.fs.delete_file(path)
         self.abort(run_id)

@@ -247,9 +247,12 @@ class RedisWriter:
     def write(self, data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch]) -> int:
         """Write every row; rows older than the stored entity are skipped. Returns rows written."""
         self.connect()
-        batches = data.to_batches() if isinstance(data, pa.Table) else [data] if isinstance(
-            data, pa.RecordBatch
-        ) else data
+        if isinstance(data, pa.Table):
+            batches: Iterable[pa.RecordBatch] = data.to_batches()
+        elif isinstance(data, pa.RecordBatch):
+            batches = [data]
+        else:
+            batches = data
         written = 0
         with self._errors():
             for batch in batches:
@@ -295,18 +298,17 @@ class _RedisErrors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         import redis
 
         if exc is None or isinstance(exc, PipelineError):
-            return False
+            return
         if isinstance(exc, redis.ResponseError):
             message = f"redis {self.url} refused the write: {one_line(str(exc))}"
             if str(exc).startswith(_TRANSIENT):
                 raise unavailable(message) from exc
             raise bad_input(message) from exc
-        if isinstance(exc, redis.AuthenticationError | redis.AuthorizationError):
+        if isinstance(exc, redis.AuthenticationError):
             raise bad_input(f"redis {self.url}: {one_line(str(exc))}") from exc
         if isinstance(exc, redis.RedisError | OSError):
             raise unavailable(f"redis {self.url} is unreachable: {one_line(str(exc))}") from exc
-        return False

@@ -12,7 +12,7 @@ Engines call it like this (the adapters in `engines/` are thin):
   `pa.RecordBatchReader.from_batches(schema, batches)` (or a Table), calls
   `run_partition(pipeline, window, reader, run_id=run_id, part=f"p{TaskContext.get().partitionId():05d}")`
   and yields one row holding `partial.to_json()`; the driver collects the rows, then
-  `commit_offline(pipeline, window, run_id, [PartialSummary.from_json(s) ...])` (or `abort_offline` on failure).
+  `commit_offline(pipeline, window, run_id, [PartialSummary.from_json(s) ...])` (`abort_offline` on failure).
 - Ray: `ds.map_batches(Fn, batch_format="pyarrow", ...)` with a callable class whose `__call__(table)` calls
   `run_partition(..., part=uuid)`, returning a one-row table of `partial.to_json()`; the groupby by entity
   keys must come first (e.g. `ds.groupby(keys).map_groups(...)`, or a hash repartition) so that each
@@ -29,6 +29,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -42,7 +43,7 @@ from loom.features.online import RedisWriter
 from loom.features.summary import PartialSummary
 from loom.features.validate import OutputCheck
 
-PartitionInput = pa.Table | pa.RecordBatchReader | ds.Dataset
+PartitionInput: TypeAlias = "pa.Table | pa.RecordBatchReader | ds.Dataset"
 
 
 @dataclass
@@ -129,7 +130,11 @@ def compute_partition(
                 store.fs.delete_dir(f"{store.staging(run_id)}/{part}")
         raise
     partial = PartialSummary(
-        part=part, rows_in=counted.rows(), rows_out=check.rows, newest_micros=check.newest_micros, staged=staged
+        part=part,
+        rows_in=counted.rows(),
+        rows_out=check.rows,
+        newest_micros=check.newest_micros,
+        staged=staged,
     )
     return ComputedPartition(partial=partial, spool=spool_path)
 
@@ -207,7 +212,8 @@ class _Counted:
                     self.count += batch.num_rows
                     yield batch
 
-            return pa.RecordBatchReader.from_batches(reader.schema, batches())
+            counted: PartitionInput = pa.RecordBatchReader.from_batches(reader.schema, batches())
+            return counted
         return self.data
 
     def rows(self) -> int:

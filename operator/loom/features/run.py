@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow.dataset as ds
 
@@ -47,7 +48,8 @@ def run_window(pipeline: FeaturePipeline, window: Window, *, engine: str = "loca
     """Compute `window` and write the sinks; raises PipelineError (exit code inside) on failure."""
     check_batch(pipeline)
     if engine != "local":
-        return _engine(engine).run_window(pipeline, window)  # type: ignore[no-any-return]
+        summary: Summary = _engine(engine).run_window(pipeline, window)
+        return summary
     started = time.monotonic()
     run_id = new_run_id(window)
     writer = open_writer(pipeline)
@@ -78,7 +80,7 @@ def new_run_id(window: Window) -> str:
     return f"{window.start:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:10]}"
 
 
-def partitions(pipeline: FeaturePipeline, source: WindowSource) -> Iterator[tuple[str, object]]:
+def partitions(pipeline: FeaturePipeline, source: WindowSource) -> Iterator[tuple[str, Any]]:
     """The local engine's partitions: the whole window (SQL, or a small window), or entity-key buckets."""
     if pipeline.spec.transform.sql is not None:
         yield "p00000", source.dataset
@@ -91,7 +93,7 @@ def partitions(pipeline: FeaturePipeline, source: WindowSource) -> Iterator[tupl
     yield from _buckets(pipeline, source, buckets)
 
 
-def _buckets(pipeline: FeaturePipeline, source: WindowSource, buckets: int) -> Iterator[tuple[str, object]]:
+def _buckets(pipeline: FeaturePipeline, source: WindowSource, buckets: int) -> Iterator[tuple[str, Any]]:
     """Hash-partition the window by entity key into Parquet buckets in TMPDIR (DuckDB, bounded memory)."""
     import duckdb
 
@@ -121,7 +123,7 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _engine(name: str) -> object:
+def _engine(name: str) -> Any:
     if name not in ENGINES:
         raise bad_input(f"engine {name!r} is not one of {', '.join(ENGINES)}")
     try:
@@ -130,4 +132,3 @@ def _engine(name: str) -> object:
         if exc.name and exc.name.startswith("loom.features.engines"):
             raise bad_input(f"engine {name} is not built yet in this runtime; use --engine local") from exc
         raise bad_input(f"engine {name} needs {exc.name}, which is not installed") from exc
-

@@ -118,7 +118,8 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in path:
         return pafs.LocalFileSystem(), str(PurePosixPath(os.path.abspath(path)))
     try:
-        return pafs.FileSystem.from_uri(path)
+        fs, root = pafs.FileSystem.from_uri(path)
+        return fs, str(root)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise bad_input(f"source path {path}: {one_line(str(exc))}") from exc
 

@@ -57,7 +57,13 @@ class Summary:
 
     @classmethod
     def of(
-        cls, partials: Iterable[PartialSummary], *, window: Window, engine: str, offline_files: int, seconds: float
+        cls,
+        partials: Iterable[PartialSummary],
+        *,
+        window: Window,
+        engine: str,
+        offline_files: int,
+        seconds: float,
     ) -> Summary:
         parts = list(partials)
         newest = [p.newest_micros for p in parts if p.newest_micros is not None]
@@ -101,8 +107,9 @@ def line(obj: dict[str, Any]) -> str:
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
     if len(text.encode()) <= TERMINATION_LOG_BYTES or "error" not in obj:
         return text
-    over = len(text.encode()) - TERMINATION_LOG_BYTES + 16
-    cut = dict(obj, error=obj["error"].encode()[: max(0, len(obj["error"].encode()) - over)].decode(errors="ignore") + "...")
+    error = obj["error"].encode()
+    keep = max(0, len(error) - (len(text.encode()) - TERMINATION_LOG_BYTES + 16))
+    cut = dict(obj, error=error[:keep].decode(errors="ignore") + "...")
     return json.dumps(cut, separators=(",", ":"), ensure_ascii=False)
 
 

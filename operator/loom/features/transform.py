@@ -18,7 +18,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -26,7 +26,7 @@ import pyarrow.dataset as ds
 from loom.api.featurepipeline import TransformSpec
 from loom.features.errors import bad_input, one_line, unavailable
 
-TransformInput = ds.Dataset | pa.Table | pa.RecordBatchReader
+TransformInput: TypeAlias = "ds.Dataset | pa.Table | pa.RecordBatchReader"
 PythonTransform = Callable[[pa.Table], pa.Table]
 
 BATCH_ROWS = 128 * 1024
@@ -77,7 +77,7 @@ def connect() -> Any:
     """A DuckDB connection for one transform: UTC, bounded memory, spilling to TMPDIR."""
     import duckdb
 
-    config = {
+    config: dict[str, str | bool | int | float | list[str]] = {
         "memory_limit": os.environ.get(ENV_MEMORY_LIMIT, DEFAULT_MEMORY_LIMIT),
         "preserve_insertion_order": "false",
         "temp_directory": os.path.join(tempfile.gettempdir(), f"loom-duckdb-{os.getpid()}"),

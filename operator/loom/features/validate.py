@@ -60,7 +60,7 @@ class OutputCheck:
         for column in offline.partitionBy if offline else []:
             if column != DATE and schema.get_field_index(column) < 0:
                 raise bad_input(
-                    f"partitionBy column {column} is not a column of the transform output; its columns: {names}"
+                    f"partitionBy column {column} is not a transform output column; its columns: {names}"
                 )
         if self.spec.sinks.online is not None:
             from loom.features.online import check_encodable
@@ -91,7 +91,7 @@ class OutputCheck:
         if not self.problems:
             return
         parts = [
-            f"{p.rows} row{'s' if p.rows != 1 else ''} of the transform output with {p.what}, e.g. {p.example}"
+            f"{p.rows} {'row' if p.rows == 1 else 'rows'} of the output with {p.what}, e.g. {p.example}"
             for p in self.problems.values()
         ]
         window = f"[{self.window.start.isoformat()}, {self.window.end.isoformat()})"
