@@ -8,6 +8,7 @@ export KUBECONFIG=$LOOM_HOME/cluster/kubeconfig
 export PATH=$LOOM_HOME/bin:$PATH
 DEMO=$LOOM_HOME/demo
 NS=loom-demo
+REDIS_PORT=${DEMO_REDIS_PORT:-16379}
 mkdir -p "$DEMO"
 
 stop_operator() {
@@ -22,9 +23,25 @@ stop_operator() {
   rm -f "$DEMO/operator.pid"
 }
 
+stop_feature_runner() {
+  local pid
+  pid=$(cat "$DEMO/feature-runner.pid" 2>/dev/null || true)
+  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then kill "$pid"; echo "feature runner stopped"; fi
+  rm -f "$DEMO/feature-runner.pid"
+}
+
+stop_redis() {
+  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    echo "redis-server on 127.0.0.1:$REDIS_PORT stopped"
+  fi
+}
+
 if [[ ${1:-} == stop ]]; then
   # Delete the demo's resources while the operator still runs: it releases their finalizers.
   kubectl delete namespace "$NS" --ignore-not-found --timeout=120s >/dev/null 2>&1 || true
+  stop_feature_runner
+  stop_redis
   stop_operator
   exit 0
 fi
@@ -52,8 +69,43 @@ if [[ $(kubectl get namespace "$NS" -o jsonpath='{.status.phase}' 2>/dev/null) =
   kubectl wait --for=delete "namespace/$NS" --timeout=120s >/dev/null
 fi
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl apply --server-side -n "$NS" -f manifests/examples/
+
+# Feature pipelines compute for real: a Redis on loopback, sample click events, and the clicks example
+# pointed at both. KWOK runs no containers, so the runtime of each feature Job pod runs on this host
+# (scripts/demo_feature_runner.py), which hands its exit code and summary to the pod as a kubelet would.
+if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+    --pidfile "$DEMO/redis.pid" --logfile "$DEMO/redis.log" --dir "$DEMO" >/dev/null
+  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+redis-cli -p "$REDIS_PORT" flushall >/dev/null
+echo "redis-server on 127.0.0.1:$REDIS_PORT"
+rm -rf "$DEMO/features"
+.venv/bin/python scripts/demo_feature_runner.py data "$DEMO/events/clicks"
+stop_feature_runner
+nohup .venv/bin/python scripts/demo_feature_runner.py run --namespace "$NS" > "$DEMO/feature-runner.log" 2>&1 &
+echo $! > "$DEMO/feature-runner.pid"
+echo "feature runner running (pid $(cat "$DEMO/feature-runner.pid"), log $DEMO/feature-runner.log)"
+
+for example in manifests/examples/*.yaml; do
+  case $(basename "$example") in
+    featurepipeline-clicks.yaml)
+      sed -e "s#/data/events/clicks/\*.parquet#$DEMO/events/clicks/*.parquet#" \
+          -e "s#/data/features/user_clicks#$DEMO/features/user_clicks#" \
+          -e "s#redis://redis.feature-store:6379/0#redis://127.0.0.1:$REDIS_PORT/0#" "$example" |
+        kubectl apply --server-side -n "$NS" -f -
+      ;;
+    featurepipeline-streaming.yaml) ;;  # its consumers (loom features stream) have no host runner here
+    *) kubectl apply --server-side -n "$NS" -f "$example" ;;
+  esac
+done
 sleep "${DEMO_WAIT_SECONDS:-8}"
+# The backfill's 7 days, then the first scheduled run from the watermark up to the newest tick.
+for _ in $(seq 1 120); do
+  phase=$(kubectl get lfp user-clicks -n "$NS" -o jsonpath='{.status.phase}' 2>/dev/null || true)
+  [[ $phase == Scheduled || $phase == Succeeded || $phase == Failed ]] && break
+  sleep 1
+done
 echo
 echo "== nodes"
 kubectl get nodes -L loom.ml/pool -o custom-columns='NAME:.metadata.name,POOL:.metadata.labels.loom\.ml/pool,GPUS:.status.allocatable.nvidia\.com/gpu'
@@ -64,10 +116,21 @@ echo
 echo "== pods in $NS"
 kubectl get pods -n "$NS" -o wide
 echo
+echo "== feature pipeline user-clicks (KWOK runs no containers: its runs ran on this host)"
+kubectl get lfp user-clicks -n "$NS" \
+  -o custom-columns='NAME:.metadata.name,PHASE:.status.phase,WATERMARK:.status.watermark,ROWS:.status.rowsWritten,BACKFILL:.status.backfill.succeeded,LAST-RUN:.status.lastRun.message'
+tail -n 3 "$DEMO/feature-runner.log" | cut -c1-200
+echo
+echo "== online features of user 42: redis-cli -p $REDIS_PORT HGETALL user:42"
+redis-cli -p "$REDIS_PORT" HGETALL user:42
+echo "offline: $(find "$DEMO/features/user_clicks" -name '*.parquet' 2>/dev/null | wc -l) Parquet files under $DEMO/features/user_clicks"
+echo "(the streaming example is not applied: its consumers, loom features stream, have no host runner here)"
+echo
 cat <<MSG
 The cluster keeps running. Try:
   export KUBECONFIG=$KUBECONFIG PATH=$LOOM_HOME/bin:\$PATH
   kubectl get loom -n $NS              # every Loom resource
   kubectl describe ltj -n $NS          # conditions and events of the training job
+  kubectl describe lfp user-clicks -n $NS   # runs, watermark, conditions and events of the pipeline
 Stop the operator and the cluster: make demo-stop
 MSG
