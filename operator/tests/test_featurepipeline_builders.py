@@ -91,6 +91,16 @@ def test_pipeline_json_is_what_the_runtime_loads() -> None:
     assert again.spec == pipeline.spec
 
 
+def test_the_runtime_loads_the_pipeline_the_job_passes() -> None:
+    from loom.features.config import parse_pipeline
+
+    pipeline = make_pipeline(schedule="0 * * * *", allowedLateness="30m")
+    job = desired_run(pipeline, RunKind.SCHEDULE, window(0, 1), IMAGES)
+    env = env_of(job["spec"]["template"]["spec"]["containers"][0])
+    loaded = parse_pipeline(env["LOOM_PIPELINE"], "env LOOM_PIPELINE")
+    assert loaded.spec == pipeline.spec and loaded.metadata["name"] == "clicks"
+
+
 def test_local_job_retries_natively_but_not_bad_input() -> None:
     pipeline = make_pipeline(retries=4, engine={"type": "local", "serviceAccountName": "features"})
     job = desired_run(pipeline, RunKind.BACKFILL, window(0, 24), IMAGES)
