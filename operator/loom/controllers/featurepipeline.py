@@ -36,8 +36,8 @@ from loom.api.common import API_VERSION, GROUP, VERSION
 from loom.api.featurepipeline import LABEL_PIPELINE, FeaturePipeline, FeaturePipelineStatus
 from loom.builders.featurepipeline import CHILD_API_VERSIONS, DEFAULT_IMAGE, DEFAULT_SPARK_VERSION, Images
 from loom.builders.featurepipeline_plan import ENGINE_CRDS, Observation, Plan, decide
-from loom.builders.featurepipeline_runs import Run, RunPhase, observe_run
-from loom.builders.featurepipeline_status import needs_patch
+from loom.builders.featurepipeline_runs import RunPhase, observe_run
+from loom.builders.featurepipeline_status import needs_patch, run_status
 from loom.controllers.featurepipeline_observe import Expectations, plain_body, slim_child, slim_pod
 from loom.controllers.trainingjob_queue import WorkQueue
 
@@ -203,19 +203,11 @@ def _record_metrics(key: Key, pipeline: FeaturePipeline, plan: Plan) -> None:
         metrics.FEATURE_RUNS.labels(namespace, name, engine, result).inc()
         if run.summary and run.summary.rows_out:
             metrics.FEATURE_ROWS_WRITTEN.labels(namespace, name, engine).inc(run.summary.rows_out)
-        seconds = _seconds(run)
+        seconds = run_status(run).seconds
         if seconds is not None:
             metrics.FEATURE_RUN_SECONDS.labels(engine, result).observe(seconds)
     if plan.status.freshnessSeconds is not None:
         metrics.FEATURE_FRESHNESS.labels(namespace, name).set(plan.status.freshnessSeconds)
-
-
-def _seconds(run: Run) -> float | None:
-    if run.summary and run.summary.seconds is not None:
-        return run.summary.seconds
-    if run.created and run.finished_at:
-        return max(0.0, (run.finished_at - run.created).total_seconds())
-    return None
 
 
 # -- helpers ---------------------------------------------------------------------------------------
