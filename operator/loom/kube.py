@@ -113,7 +113,9 @@ def delete(
     uid: str | None = None,
     grace_period_seconds: int | None = None,
 ) -> bool:
-    """Delete one object; False when it was already gone. `uid` guards against deleting a successor."""
+    """Delete one object; False when it was already gone. `uid` guards against deleting a successor:
+    when the object of that name has another uid, the API server answers 409 (the precondition
+    failed), which means the object meant is gone too, so it is False as well, never retried."""
     metrics.API_REQUESTS.labels(operation="delete", kind=kind).inc()
     body: dict[str, Any] = {"propagationPolicy": propagation}
     if uid:
@@ -124,6 +126,10 @@ def delete(
         _resource(api_version, kind).delete(name=name, namespace=namespace, body=body)
     except NotFoundError:
         return False
+    except ApiException as e:
+        if uid and e.status == 409:
+            return False
+        raise
     return True
 
 
@@ -157,10 +163,21 @@ def patch(
 
 
 def event(involved: dict[str, Any], reason: str, message: str, *, type_: str = "Normal") -> None:
-    """Record a Kubernetes event on an object; failures are logged, never raised."""
+    """Record a Kubernetes event on an object; failures (the API server's answers, connection errors,
+    an involved object without apiVersion or kind) are logged, never raised: an event is never worth
+    failing a reconcile for."""
+    meta = involved.get("metadata") or {}
+    where = f"{meta.get('namespace')}/{meta.get('name')}" if meta.get("namespace") else str(meta.get("name"))
+    try:
+        create(_event_body(involved, reason, message, type_))
+    except Exception as e:
+        log.warning("could not record event %s on %s: %s", reason, where, getattr(e, "reason", None) or e)
+
+
+def _event_body(involved: dict[str, Any], reason: str, message: str, type_: str) -> dict[str, Any]:
     meta = involved["metadata"]
     now = datetime.now(UTC)
-    body = {
+    return {
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta.get("namespace", "default")},
@@ -179,7 +196,3 @@ def event(involved: dict[str, Any], reason: str, message: str, *, type_: str = "
         "lastTimestamp": now.isoformat(),
         "count": 1,
     }
-    try:
-        create(body)
-    except ApiException as e:
-        log.warning("could not record event %s on %s: %s", reason, meta["name"], e.reason)
