@@ -29,11 +29,14 @@ BATCH_ROWS = 128 * 1024
 
 @dataclass(frozen=True)
 class WindowSource:
-    """The window's rows of a Parquet source: `dataset` is already filtered to the window."""
+    """The window's rows of a Parquet source: `dataset` is `files` already filtered to the window (`filter`,
+    for an engine that reads the files itself, e.g. Spark's `spark.read.parquet(...).where(...)`)."""
 
     path: str
     dataset: ds.Dataset
     schema: pa.Schema
+    filter: ds.Expression
+    files: ds.Dataset
 
     def count_rows(self) -> int:
         """Rows in the window (row-group statistics answer most of it; else only the ts column is read)."""
@@ -66,8 +69,10 @@ def open_window(spec: SourceSpec, window: Window) -> WindowSource:
     ts_type = dataset.schema.field(spec.timestampField).type
     start, end = (_scalar(t, ts_type) for t in (window.start, window.end))
     field = ds.field(spec.timestampField)
-    filtered = dataset.filter((field >= start) & (field < end))
-    return WindowSource(path=path, dataset=filtered, schema=dataset.schema)
+    expr = (field >= start) & (field < end)
+    return WindowSource(
+        path=path, dataset=dataset.filter(expr), schema=dataset.schema, filter=expr, files=dataset
+    )
 
 
 def check_schema(schema: pa.Schema, spec: SourceSpec, where: str) -> None:

@@ -54,7 +54,7 @@ def sql_reader(sql: str, data: TransformInput, *, batch_rows: int = BATCH_ROWS) 
     try:
         relation = con.sql(sql)
     except duckdb.Error as exc:
-        raise sql_error(exc) from exc
+        raise sql_error(_with_position(con, sql, exc)) from exc
     if relation is None:
         raise bad_input("transform SQL must be a query (SELECT ...) over the table `source`")
     try:
@@ -71,6 +71,19 @@ def sql_reader(sql: str, data: TransformInput, *, batch_rows: int = BATCH_ROWS) 
             con.close()
 
     return pa.RecordBatchReader.from_batches(reader.schema, batches())
+
+
+def _with_position(con: Any, sql: str, exc: Exception) -> Exception:
+    """DuckDB's relation API leaves the `LINE n:` caret out of binder errors; a prepared run has it."""
+    import duckdb
+
+    if "LINE " in str(exc):
+        return exc
+    try:
+        con.execute(sql)
+    except duckdb.Error as again:
+        return again if type(again) is type(exc) else exc
+    return exc
 
 
 def connect() -> Any:
