@@ -156,18 +156,22 @@ async def reconcile(key: Key) -> float | None:
         if waited < COUNTS_COALESCE_SECONDS:  # pods become Ready one by one: patch once for many
             plan.status = job.status or plan.status
             plan.requeue_after = min(plan.requeue_after or RESYNC, COUNTS_COALESCE_SECONDS - waited)
+    not_ungated = {name for name, _ in plan.ungate}  # what _carry_out has not ungated for sure
     try:
-        await _carry_out(key, body, job, plan, now)
-    except Exception:
-        for name, _ in plan.ungate:
+        await _carry_out(key, body, job, plan, now, not_ungated)
+    finally:  # only pods whose ungate patch succeeded keep their GPUs reserved
+        for name in not_ungated:
             _expectations.cancel_ungated(key[0], name)
-        raise
     _observe_phase(key, str(plan.status.phase))
     metrics.RECONCILE_SECONDS.labels(kind=KIND).observe(time.monotonic() - started)
     return plan.requeue_after
 
 
-async def _carry_out(key: Key, body: dict[str, Any], job: TrainingJob, plan: Plan, now: datetime) -> None:
+async def _carry_out(
+    key: Key, body: dict[str, Any], job: TrainingJob, plan: Plan, now: datetime, not_ungated: set[str]
+) -> None:
+    """Carry `plan` out in its order; each pod whose ungate patch succeeded leaves `not_ungated`.
+    A failed write ends the carry-out with its error after the writes already under way finished."""
     namespace, name = key
     status = plan.status.model_dump(mode="json")
     if job.status is None or status != job.status.model_dump(mode="json"):
@@ -199,10 +203,21 @@ async def _carry_out(key: Key, body: dict[str, Any], job: TrainingJob, plan: Pla
     created = await _gather(_in_thread(kube.create, pod) for pod in plan.create)
     for pod, result in zip(plan.create, created, strict=True):
         _expectations.expect_created(key, result or pod, now)
-    await _gather(
-        _in_thread(kube.patch, "v1", "Pod", pod, namespace, {"spec": {"schedulingGates": left or None}})
-        for pod, left in plan.ungate
+    results = await asyncio.gather(
+        *(
+            _in_thread(kube.patch, "v1", "Pod", pod, namespace, {"spec": {"schedulingGates": left or None}})
+            for pod, left in plan.ungate
+        ),
+        return_exceptions=True,
     )
+    failed = [r for r in results if isinstance(r, BaseException)]
+    not_ungated.intersection_update(
+        pod
+        for (pod, _), r in zip(plan.ungate, results, strict=True)
+        if r is None or isinstance(r, BaseException)
+    )
+    if failed:
+        raise failed[0]
     if plan.delete_job:
         await _in_thread(kube.delete, API_VERSION, KIND, name, namespace, uid=job.metadata.get("uid"))
     await _gather(_in_thread(kube.event, body, e.reason, e.message, type_=e.type) for e in plan.events)
