@@ -58,8 +58,11 @@ def run_window(pipeline: FeaturePipeline, window: Window, *, engine: str = "loca
         source = open_window(pipeline.spec.source, window)
         for part, data in partitions(pipeline, source):
             computed.append(compute_partition(pipeline, window, data, run_id=run_id, part=part))
+        phases = {"compute": time.monotonic() - started}
         files = commit_offline(pipeline, window, run_id, [c.partial for c in computed])
+        phases["offline_commit"] = time.monotonic() - started - phases["compute"]
         online = write_online(pipeline, computed, writer=writer)
+        phases["online"] = time.monotonic() - started - phases["compute"] - phases["offline_commit"]
     except BaseException:
         abort_offline(pipeline, run_id)
         raise
@@ -72,7 +75,12 @@ def run_window(pipeline: FeaturePipeline, window: Window, *, engine: str = "loca
     if partials:
         partials[0].online_written = online
     return Summary.of(
-        partials, window=window, engine=engine, offline_files=files, seconds=time.monotonic() - started
+        partials,
+        window=window,
+        engine=engine,
+        offline_files=files,
+        seconds=time.monotonic() - started,
+        phases=phases,
     )
 
 

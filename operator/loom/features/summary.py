@@ -3,8 +3,9 @@
 Rule: the summary is part of the runtime's interface (the controller parses it from the termination
 message, which Kubernetes caps at 4096 bytes). Success: `rows_in, rows_out, online_written, offline_files,
 watermark (= window end), newest_event (newest event time written or null), seconds, window{start,end},
-engine`. Failure: `error` (one line), `exit_code`, `window`. Times are RFC 3339 UTC. A partition's
-`PartialSummary` travels from executors to the driver as JSON and the driver sums them.
+engine, phases{compute, offline_commit, online} (seconds of each)`. Failure: `error` (one line),
+`exit_code`, `window`. Times are RFC 3339 UTC. A partition's `PartialSummary` travels from executors
+to the driver as JSON and the driver sums them.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Summary:
     offline_files: int = 0
     newest_event: datetime | None = None
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -64,6 +66,7 @@ class Summary:
         engine: str,
         offline_files: int,
         seconds: float,
+        phases: dict[str, float] | None = None,
     ) -> Summary:
         parts = list(partials)
         newest = [p.newest_micros for p in parts if p.newest_micros is not None]
@@ -76,6 +79,7 @@ class Summary:
             offline_files=offline_files,
             newest_event=from_micros(max(newest)) if newest else None,
             seconds=seconds,
+            phases=dict(phases or {}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,6 +93,7 @@ class Summary:
             "seconds": round(self.seconds, 3),
             "window": window_dict(self.window),
             "engine": self.engine,
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
         }
 
 
