@@ -187,3 +187,31 @@ def test_prometheus_source_scales_to_zero_and_back(
     load.demand[key] = 25.0
     wait_for(lambda: spec_replicas(namespace, "ranker") == 3, timeout=15, what="scale from zero")
     wait_for(lambda: status(namespace, "ranker").get("readyReplicas") == 3, what="3 pods Ready")
+
+
+def test_a_prometheus_value_that_is_not_a_number_holds_the_scale(
+    load: LoadServer, operator: Operator, namespace: str
+) -> None:
+    """Prometheus answers NaN for a rate over no samples or 0/0: that is no data, not zero load, so
+    a service allowed to scale to zero keeps its replicas and says why."""
+    key = (namespace, "ranker")
+    load.demand[key] = float("nan")
+    query = 'sum(loom_inflight_requests{namespace="$namespace",service="$name"})'
+    scaling = scaled(
+        prometheus={"url": f"http://127.0.0.1:{load.port}", "query": query}, scaleToZeroGracePeriodSeconds=1
+    )
+    apply_yaml(isvc("ranker", replicas=2, minReplicas=0, maxReplicas=3, scaling=scaling), namespace)
+    held = wait_for(
+        lambda: (c := condition(namespace, "ranker", "ScalingActive")).get("reason") == "InvalidValue" and c,
+        what="ScalingActive False for the NaN",
+    )
+    assert held["status"] == "False" and "NaN" in held["message"] and "holding 2 replicas" in held["message"]
+    time.sleep(4)  # past the stable window and the scale-to-zero grace
+    assert spec_replicas(namespace, "ranker") == 2
+    assert "MetricUnusable" in [r for r, _ in events(namespace, "ranker")]
+    labels = f'name="ranker",namespace="{namespace}",reason="InvalidValue"'
+    assert f"loom_autoscaler_unusable_samples_total{{{labels}}}" in operator.metrics()
+
+    load.demand[key] = 0.0  # real data again: a real zero scales to zero
+    wait_for(lambda: spec_replicas(namespace, "ranker") == 0, timeout=30, what="scaled to zero on real data")
+    assert condition(namespace, "ranker", "ScalingActive")["status"] == "True"

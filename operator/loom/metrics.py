@@ -40,6 +40,12 @@ AUTOSCALER_METRIC = Gauge(
     "Last observed scaling metric of an InferenceService (total over its pods).",
     ["namespace", "name"],
 )
+AUTOSCALER_UNUSABLE_SAMPLES = Counter(
+    "loom_autoscaler_unusable_samples_total",
+    "Metric samples the autoscaler could not use (NaN or infinite values, malformed replies, refused "
+    "queries), by reason; the scale was held instead.",
+    ["namespace", "name", "reason"],
+)
 INFERENCE_POD_REPLACEMENTS = Counter(
     "loom_inferenceservice_pod_replacements_total", "Serving pods Loom replaced, by reason.", ["reason"]
 )

@@ -124,6 +124,20 @@ def test_no_metrics_keeps_replicas() -> None:
     assert r.decisions[0].reason == "NoMetrics"
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "+inf", "-inf"])
+def test_a_value_that_is_not_a_number_holds_the_scale_as_missing(value: float) -> None:
+    """NaN (Prometheus' rate over no samples, or 0/0) must not read as zero load and scale to zero;
+    +Inf must not overflow; both are missing data, and the windows keep only real samples."""
+    spec = ScalerSpec(target=10, min_replicas=0, max_replicas=10, scale_to_zero_grace=0)
+    state = ScalerState()
+    for t in range(120):
+        decision, state = decide(spec, Observation(value, 4, 4), state, float(t))
+        assert (decision.replicas, decision.reason) == (4, "InvalidMetric"), t
+    assert state.samples == ()
+    decision, state = decide(spec, Observation(40.0, 4, 4), state, 120.0)
+    assert decision.stable_value == 40.0 and decision.replicas == 4
+
+
 @pytest.mark.parametrize("start", [0, 1])
 def test_demand_from_zero_starts_a_pod(start: int) -> None:
     spec = ScalerSpec(target=10, min_replicas=0, max_replicas=10)

@@ -11,7 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from loom.api.inferenceservice import ScalingMetric
-from loom.autoscaling.sources import PodTarget, PrometheusSource, ScrapeSource, Target, metric_value
+from loom.autoscaling.sources import (
+    PodTarget,
+    PrometheusSource,
+    ScrapeSource,
+    Target,
+    UnusableMetric,
+    metric_value,
+)
 
 EXPOSITION = """# HELP loom_inflight_requests Requests being served.
 # TYPE loom_inflight_requests gauge
@@ -29,22 +36,28 @@ class Server:
 
     def __init__(self) -> None:
         self.pages: dict[str, str] = {}
-        self.prometheus: dict[str, object] = {}
+        self.prometheus: object = {}
         self.queries: list[str] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 url = urllib.parse.urlparse(self.path)
+                code = 200
                 if url.path == "/api/v1/query":
                     outer.queries.append(urllib.parse.parse_qs(url.query)["query"][0])
-                    body, ctype = json.dumps(outer.prometheus).encode(), "application/json"
+                    reply = outer.prometheus
+                    if isinstance(reply, tuple):  # (HTTP code, raw body)
+                        code, text = reply
+                        body, ctype = text.encode(), "application/json"
+                    else:
+                        body, ctype = json.dumps(reply).encode(), "application/json"
                 elif url.path in outer.pages:
                     body, ctype = outer.pages[url.path].encode(), "text/plain; version=0.0.4"
                 else:
                     self.send_error(404)
                     return
-                self.send_response(200)
+                self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -122,3 +135,88 @@ def test_prometheus_instant_query_substitutes_and_sums(server: Server) -> None:
     server.prometheus = {"status": "success", "data": {"resultType": "vector", "result": []}}
     assert source.sample(target(), 0.0) is None
     assert PrometheusSource("http://127.0.0.1:9", "up").sample(target(), 0.0) is None
+
+
+def _vector(*values: str) -> dict[str, object]:
+    result = [{"metric": {"pod": str(i)}, "value": [1.0, v]} for i, v in enumerate(values)]
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+UNUSABLE = [
+    pytest.param(_vector("NaN"), "InvalidValue", "NaN", id="vector-nan"),
+    pytest.param(_vector("3", "+Inf"), "InvalidValue", "+Inf", id="vector-inf"),
+    pytest.param(_vector("-Inf"), "InvalidValue", "-Inf", id="vector-minus-inf"),
+    pytest.param(
+        {"status": "success", "data": {"resultType": "scalar", "result": [1.0, "NaN"]}},
+        "InvalidValue",
+        "NaN",
+        id="scalar-nan",
+    ),
+    pytest.param(_vector("lots"), "MalformedReply", "'lots'", id="value-not-a-number"),
+    pytest.param(
+        {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}}]}},
+        "MalformedReply",
+        "value",
+        id="sample-without-value",
+    ),
+    pytest.param(
+        {"status": "success", "data": {"resultType": "vector", "result": [{"value": "4"}]}},
+        "MalformedReply",
+        "value",
+        id="value-not-a-pair",
+    ),
+    pytest.param(
+        {"status": "success", "data": {"resultType": "scalar", "result": "4"}},
+        "MalformedReply",
+        "scalar",
+        id="scalar-not-a-pair",
+    ),
+    pytest.param(
+        {"status": "success", "data": {"resultType": "vector", "result": {"a": 1}}},
+        "MalformedReply",
+        "list",
+        id="result-not-a-list",
+    ),
+    pytest.param(
+        {"status": "success", "data": {"resultType": "matrix", "result": []}},
+        "MalformedReply",
+        "matrix",
+        id="range-vector",
+    ),
+    pytest.param({"status": "success"}, "MalformedReply", "data", id="no-data"),
+    pytest.param(["not", "an", "object"], "MalformedReply", "JSON object", id="json-list"),
+    pytest.param((200, "<html>proxy login</html>"), "MalformedReply", "not JSON", id="not-json"),
+    pytest.param(
+        (400, json.dumps({"status": "error", "errorType": "bad_data", "error": "parse error at char 4"})),
+        "QueryFailed",
+        "bad_data: parse error at char 4",
+        id="query-error-400",
+    ),
+    pytest.param(
+        {"status": "error", "errorType": "timeout", "error": "query timed out"},
+        "QueryFailed",
+        "timeout: query timed out",
+        id="query-error-200",
+    ),
+]
+
+
+@pytest.mark.parametrize(("reply", "reason", "text"), UNUSABLE)
+def test_prometheus_replies_the_autoscaler_cannot_use_are_named(
+    server: Server, reply: object, reason: str, text: str
+) -> None:
+    server.prometheus = reply
+    with pytest.raises(UnusableMetric) as raised:
+        PrometheusSource(server.base, "q").sample(target(), 0.0)
+    assert raised.value.reason == reason
+    assert text in raised.value.message and server.base in raised.value.message, raised.value.message
+
+
+def test_scrape_ignores_pods_reporting_values_that_are_not_numbers(server: Server) -> None:
+    inf = "# TYPE loom_inflight_requests gauge\nloom_inflight_requests +Inf\n"
+    server.pages = {"/ns/a/metrics": EXPOSITION % 0, "/ns/b/metrics": inf}
+    source = ScrapeSource(server.base + "/{namespace}/{pod}{path}")
+    assert source.sample(target(), 0.0) == 5
+    with pytest.raises(UnusableMetric) as raised:
+        source.sample(target(pods=("b",)), 0.0)
+    assert raised.value.reason == "InvalidValue" and "+Inf" in raised.value.message

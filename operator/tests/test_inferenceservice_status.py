@@ -8,7 +8,7 @@ from test_inferenceservice_factories import T0, make_isvc
 
 from loom.api.inferenceservice import InferenceServiceStatus, ModelState, ModelStatus
 from loom.autoscaling.scaler import Decision, Mode
-from loom.builders.inferenceservice_status import Observed, build_status, events, model_status
+from loom.builders.inferenceservice_status import MetricProblem, Observed, build_status, events, model_status
 from loom.health.pods import Issue, PodModel, Replacements, RevisionPods
 
 ISVC = make_isvc(replicas=2)
@@ -165,3 +165,20 @@ def test_external_autoscaler_and_scale_to_zero() -> None:
     zero = observed(desired=0, plan={"new": 0}, summaries={"new": RevisionPods("new")})
     s = build_status(ISVC, InferenceServiceStatus(), zero, T0)
     assert conditions(s)["Ready"] == ("True", "ScaledToZero") and s.phase == "Ready"
+
+
+def test_an_unusable_metric_holds_the_scale_and_says_why() -> None:
+    problem = MetricProblem("InvalidValue", "http://prom:9090 query 'q' gave NaN, not a number of requests")
+    held = Decision(2, Mode.STABLE, 0, 0, "InvalidMetric")
+    first = build_status(ISVC, InferenceServiceStatus(), observed(), T0)
+    s = build_status(ISVC, first, observed(decision=held, metric_problem=problem), T0 + timedelta(seconds=1))
+    scaling = next(c for c in s.conditions if c.type == "ScalingActive")
+    assert (scaling.status, scaling.reason) == ("False", "InvalidValue")
+    assert scaling.message == f"{problem.message}; holding 2 replicas"
+    assert s.desiredReplicas == 2
+    warned = events(first, s, observed(decision=held, metric_problem=problem))
+    assert ("Warning", "MetricUnusable", scaling.message) in warned
+    again = build_status(ISVC, s, observed(decision=held, metric_problem=problem), T0 + timedelta(seconds=2))
+    assert events(s, again, observed(decision=held, metric_problem=problem)) == []  # said once
+    none = build_status(ISVC, s, observed(decision=held, metric_problem=MetricProblem("NoMetrics", "")), T0)
+    assert conditions(none)["ScalingActive"] == ("False", "NoMetrics")

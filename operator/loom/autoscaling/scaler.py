@@ -9,7 +9,8 @@ count grows at most maxScaleUpRate x and shrinks at most maxScaleDownRate x the 
 mode changes within `tolerance` (HPA's 10%) are ignored and it never scales below the panic window's
 demand (KPA would, right after a panic on a ramp, as its stable average lags); the result is clamped
 to [min, max]; with minReplicas 0 the service goes to zero after the metric has been 0 for the grace
-period.
+period. Without a sample (None), or with one that is not a number (NaN, +/-Inf), the current count is
+held (reasons NoMetrics, InvalidMetric) and the windows keep only real samples.
 """
 
 from __future__ import annotations
@@ -98,11 +99,12 @@ def decide(
     if state.last_active is None:
         state = replace(state, last_active=now)
     samples = tuple((t, v) for t, v in state.samples if t > now - spec.stable_window)
-    if observation.value is None:
+    if observation.value is None or not math.isfinite(observation.value):
         mode = Mode.PANIC if state.panic_since is not None else Mode.STABLE
         stable = _average(samples, now - spec.stable_window)
         panic = _average(samples, now - spec.panic_window)
-        decision = Decision(_clamp(spec, current), mode, stable, panic, "NoMetrics")
+        reason = "NoMetrics" if observation.value is None else "InvalidMetric"
+        decision = Decision(_clamp(spec, current), mode, stable, panic, reason)
         return decision, replace(state, samples=samples)
     samples = (*samples, (now, max(0.0, observation.value)))
     last_active = now if observation.value > 0 else state.last_active

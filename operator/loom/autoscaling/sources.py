@@ -6,6 +6,11 @@ Prometheus, never to the Kubernetes API server.
   taken between two scrapes of the same pod). The URL comes from a template, by default
   `http://{pod_ip}:{port}{path}`; tests point it at a loopback server with `{namespace}/{pod}`.
 - `PrometheusSource` runs an instant query (`/api/v1/query`) giving the service's total.
+
+A sample is a finite number, None (no data: nothing answered, or no series), or `UnusableMetric`
+raised with a reason and a message: a value that is not a number (Prometheus answers NaN for a rate
+over no samples or 0/0, +Inf for x/0), a reply that is not what the API documents, or a query
+Prometheus refused. The autoscaler holds the scale on all three; only the last two are errors.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import json
 import math
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -54,25 +60,57 @@ class Target:
         return self.metric_name or DEFAULT_METRIC[ScalingMetric(self.metric)]
 
 
+class UnusableMetric(Exception):
+    """A metric reply the autoscaler cannot use. `reason` is CamelCase (the ScalingActive condition's
+    reason, the loom_autoscaler_unusable_samples_total label): InvalidValue, MalformedReply or
+    QueryFailed; `message` says what was wrong and where."""
+
+    REASONS = ("InvalidValue", "MalformedReply", "QueryFailed")
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def _shown(value: float) -> str:
+    return "NaN" if math.isnan(value) else "+Inf" if value > 0 else "-Inf"
+
+
+def finite(value: float, where: str) -> float:
+    """`value`, or UnusableMetric when it is NaN or infinite."""
+    if math.isfinite(value):
+        return value
+    hint = " (Prometheus answers NaN for a rate over no samples or 0/0)" if math.isnan(value) else ""
+    raise UnusableMetric("InvalidValue", f"{where} gave {_shown(value)}, not a number of requests{hint}")
+
+
 class MetricSource(Protocol):
     """Knative's metric client, in two methods: a sample of the service's total, and forgetting it."""
 
     def sample(self, target: Target, now: float) -> float | None:
         """The metric summed over the service (in-flight requests, or requests per second); None when
-        nothing could be read."""
+        nothing could be read; UnusableMetric when what was read is not a usable number."""
         ...
 
     def forget(self, namespace: str, name: str) -> None: ...
 
 
 def metric_value(text: str, series: str) -> float | None:
-    """Sum of every sample of `series` (any labels) in a Prometheus text exposition; None if absent."""
-    total, found = 0.0, False
+    """Sum of every finite sample of `series` (any labels) in a Prometheus text exposition; None if
+    absent; UnusableMetric if every sample of it is NaN or infinite."""
+    total, found, odd = 0.0, False, None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == series and not math.isnan(sample.value):
+            if sample.name != series:
+                continue
+            if math.isfinite(sample.value):
                 total += sample.value
                 found = True
+            else:
+                odd = sample.value
+    if not found and odd is not None:
+        finite(odd, series)
     return total if found else None
 
 
@@ -106,20 +144,31 @@ class ScrapeSource:
             name=target.name,
         )
 
-    def _scrape(self, target: Target, pod: PodTarget) -> float | None:
+    def _scrape(self, target: Target, pod: PodTarget) -> float | UnusableMetric | None:
         if not pod.ip and "{pod_ip}" in self.url_template:
             return None
+        url = self.url(target, pod)
         try:
-            return metric_value(_get(self.url(target, pod), self.timeout), target.series)
+            return metric_value(_get(url, self.timeout), target.series)
+        except UnusableMetric as e:
+            return UnusableMetric(e.reason, f"pod {pod.name} ({url}): {e.message}")
         except (OSError, ValueError):
             return None
 
     def sample(self, target: Target, now: float) -> float | None:
-        values = list(self._pool.map(lambda p: self._scrape(target, p), target.pods))
+        """Pods whose values are not numbers count as not answering; if none answered and some
+        gave such values, the first of them is raised."""
+        results = list(self._pool.map(lambda p: self._scrape(target, p), target.pods))
+        values = [None if isinstance(r, UnusableMetric) else r for r in results]
         if target.metric == ScalingMetric.RPS:
-            return self._rates(target, values, now)
-        answered = [v for v in values if v is not None]
-        return sum(answered) if answered else None
+            total = self._rates(target, values, now)
+        else:
+            answered = [v for v in values if v is not None]
+            total = sum(answered) if answered else None
+        unusable = [r for r in results if isinstance(r, UnusableMetric)]
+        if total is None and unusable:
+            raise unusable[0]
+        return total
 
     def _rates(self, target: Target, values: Sequence[float | None], now: float) -> float | None:
         total, any_rate = 0.0, False
@@ -159,20 +208,71 @@ class PrometheusSource:
         return self.query.replace("$namespace", target.namespace).replace("$name", target.name)
 
     def sample(self, target: Target, now: float) -> float | None:
-        params = urllib.parse.urlencode({"query": self.query_for(target)})
+        query = self.query_for(target)
+        where = f"{self.base_url} query {query!r}"
+        params = urllib.parse.urlencode({"query": query})
         try:
-            reply = json.loads(_get(f"{self.base_url}/api/v1/query?{params}", self.timeout))
-        except (OSError, ValueError):
+            text = _get(f"{self.base_url}/api/v1/query?{params}", self.timeout)
+        except urllib.error.HTTPError as e:  # Prometheus answers 400/422/503 with an error object
+            text = e.read(64 << 10).decode("utf-8", "replace")
+            if not _is_error_reply(text):
+                return None  # not Prometheus speaking (a proxy, a restart): no data this tick
+        except OSError:
             return None
-        if reply.get("status") != "success":
-            return None
-        data = reply.get("data") or {}
-        if data.get("resultType") == "scalar":
-            return float(data["result"][1])
-        results = data.get("result") or []
-        if not results:
-            return None
-        return sum(float(r["value"][1]) for r in results)
+        try:
+            reply = json.loads(text)
+        except ValueError:
+            raise UnusableMetric("MalformedReply", f"{where}: the reply is not JSON: {text[:80]!r}") from None
+        return instant_value(reply, where)
 
     def forget(self, namespace: str, name: str) -> None:
         return None
+
+
+def _is_error_reply(text: str) -> bool:
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(reply, dict) and reply.get("status") == "error"
+
+
+def _number(pair: Any, where: str, what: str) -> float:
+    """The value of a Prometheus [time, "value"] pair, checked."""
+    if not isinstance(pair, list) or len(pair) != 2:
+        raise UnusableMetric("MalformedReply", f"{where}: {what} is not a [time, value] pair: {pair!r:.80}")
+    try:
+        value = float(pair[1])
+    except (TypeError, ValueError):
+        raise UnusableMetric("MalformedReply", f"{where}: {what} {pair[1]!r:.40} is not a number") from None
+    return finite(value, where)
+
+
+def instant_value(reply: Any, where: str) -> float | None:
+    """The total of an /api/v1/query reply: a scalar, or the sum of an instant vector (None when it
+    has no series). Anything else raises UnusableMetric naming what was wrong."""
+    if not isinstance(reply, dict):
+        raise UnusableMetric("MalformedReply", f"{where}: the reply is not a JSON object: {reply!r:.80}")
+    if reply.get("status") == "error":
+        error = f"{reply.get('errorType', 'error')}: {reply.get('error', '')}"
+        raise UnusableMetric("QueryFailed", f"{where}: Prometheus refused the query: {error}")
+    data = reply.get("data")
+    if reply.get("status") != "success" or not isinstance(data, dict):
+        raise UnusableMetric("MalformedReply", f"{where}: no data in the reply: {reply!r:.120}")
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar":
+        return _number(result, where, "the scalar")
+    if kind != "vector":
+        raise UnusableMetric(
+            "MalformedReply",
+            f"{where}: the query gives a {kind}, not an instant vector or a scalar "
+            "(aggregate it, e.g. sum(rate(x[1m])) instead of x[1m])",
+        )
+    if not isinstance(result, list):
+        raise UnusableMetric("MalformedReply", f"{where}: the vector is not a list: {result!r:.80}")
+    if not result:
+        return None
+    values = [
+        _number(r.get("value") if isinstance(r, dict) else r, where, "a sample's value") for r in result
+    ]
+    return sum(values)

@@ -30,6 +30,14 @@ from loom.health.pods import Issue, Replacements, RevisionPods
 
 
 @dataclass(frozen=True)
+class MetricProblem:
+    """Why the autoscaler held the scale: NoMetrics (nothing answered), or an UnusableMetric reason."""
+
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class Observed:
     """One reconcile's view and decisions, everything the status is made from."""
 
@@ -45,7 +53,7 @@ class Observed:
     scaled_from: int | None = None  # replicas before the decision, when the decision changed them
     replacements: Replacements = field(default_factory=Replacements)
     replaced: Issue | None = None  # the pod deleted in this reconcile
-    metrics_ok: bool = True
+    metric_problem: MetricProblem | None = None  # the metric could not be used this tick
 
 
 def _condition(
@@ -172,8 +180,10 @@ def build_status(
         c.append(
             _condition(prev, "ScalingActive", False, "External", "replicas are left to HPA/KEDA", gen, now)
         )
-    elif not o.metrics_ok:
-        c.append(_condition(prev, "ScalingActive", False, "NoMetrics", "no metric could be read", gen, now))
+    elif o.metric_problem is not None:
+        why = o.metric_problem.message or "no metric could be read"
+        msg = f"{why}; holding {o.decision.replicas} replicas"
+        c.append(_condition(prev, "ScalingActive", False, o.metric_problem.reason, msg, gen, now))
     else:
         c.append(
             _condition(prev, "ScalingActive", True, "Loom", "the loom autoscaler sets replicas", gen, now)
@@ -263,6 +273,11 @@ def events(
                 f"stable {o.decision.stable_value:.2f}, panic {o.decision.panic_value:.2f})",
             )
         )
+    if o.metric_problem is not None and o.metric_problem.reason != "NoMetrics":
+        was = next((c for c in previous.conditions if c.type == "ScalingActive"), None)
+        now = next((c for c in new.conditions if c.type == "ScalingActive"), None)
+        if now is not None and (was is None or (was.reason, was.message) != (now.reason, now.message)):
+            out.append(("Warning", "MetricUnusable", now.message))
     if o.rollback is not None:
         out.append(
             ("Warning", "RolledBack", f"revision {o.latest}: {o.rollback.reason}: {o.rollback.message}")

@@ -41,7 +41,14 @@ from loom.api.inferenceservice import (
     ModelState,
 )
 from loom.autoscaling.scaler import Decision, Observation, ScalerSpec, ScalerState, decide
-from loom.autoscaling.sources import DEFAULT_URL_TEMPLATE, PodTarget, PrometheusSource, ScrapeSource, Target
+from loom.autoscaling.sources import (
+    DEFAULT_URL_TEMPLATE,
+    PodTarget,
+    PrometheusSource,
+    ScrapeSource,
+    Target,
+    UnusableMetric,
+)
 from loom.builders.inferenceservice import (
     ANNOTATION_SPEC_HASH,
     DEFAULT_SIDECAR_IMAGE,
@@ -55,7 +62,7 @@ from loom.builders.inferenceservice import (
     revision_hash,
     rollout_target,
 )
-from loom.builders.inferenceservice_status import Observed, build_status, events
+from loom.builders.inferenceservice_status import MetricProblem, Observed, build_status, events
 from loom.health.pods import (
     Issue,
     PodView,
@@ -150,6 +157,8 @@ def inferenceservice_forget(type: str, namespace: str | None, name: str, **_: An
         _remove(metrics.INFERENCE_REPLICAS, namespace, name, state)
     _remove(metrics.AUTOSCALER_PANIC, namespace, name)
     _remove(metrics.AUTOSCALER_METRIC, namespace, name)
+    for reason in UnusableMetric.REASONS:
+        _remove(metrics.AUTOSCALER_UNUSABLE_SAMPLES, namespace, name, reason)
 
 
 def _remove(metric: Any, *labels: str) -> None:
@@ -172,7 +181,7 @@ def reconcile(
     by_rev = {d["metadata"]["labels"].get(LABEL_REVISION, ""): d for d in deployments}
     latest = revision_hash(isvc, SIDECAR)
 
-    decision, scaled_from, metrics_ok = autoscale(isvc, views, memo)
+    decision, scaled_from, metric_problem = autoscale(isvc, views, memo)
 
     stable = previous.revisions.latestReady
     stable = stable if stable == latest or stable in by_rev else None
@@ -217,7 +226,7 @@ def reconcile(
         scaled_from=scaled_from,
         replacements=replacements,
         replaced=replaced,
-        metrics_ok=metrics_ok,
+        metric_problem=metric_problem,
     )
     status = build_status(isvc, previous, o, now)
     _record_metrics(ns, name, status, decision)
@@ -260,11 +269,12 @@ def _canary_hold(isvc: InferenceService, views: list[PodView], latest: str, stab
 
 def autoscale(
     isvc: InferenceService, views: list[PodView], memo: Any
-) -> tuple[Decision | None, int | None, bool]:
-    """One autoscaler tick: sample the metric, decide, write spec.replicas through the scale subresource."""
+) -> tuple[Decision | None, int | None, MetricProblem | None]:
+    """One autoscaler tick: sample the metric, decide, write spec.replicas through the scale subresource.
+    A sample that is missing or unusable holds the scale; why is returned for the status."""
     spec = isvc.spec
     if spec.scaling.autoscaler == Autoscaler.EXTERNAL:
-        return None, None, True
+        return None, None, None
     ns, name = isvc.metadata["namespace"], isvc.metadata["name"]
     ready = [v for v in live(views) if v.ready and v.model.state == ModelState.LOADED]
     target = Target(
@@ -278,7 +288,14 @@ def autoscale(
     )
     prometheus = spec.scaling.prometheus
     source = PrometheusSource(prometheus.url, prometheus.query) if prometheus else SCRAPER
-    value = source.sample(target, time.time()) if ready or prometheus else None
+    problem: MetricProblem | None = None
+    try:
+        value = source.sample(target, time.time()) if ready or prometheus else None
+    except UnusableMetric as e:
+        value, problem = None, MetricProblem(e.reason, e.message)
+        metrics.AUTOSCALER_UNUSABLE_SAMPLES.labels(ns, name, e.reason).inc()
+    if value is None and problem is None:
+        problem = MetricProblem("NoMetrics", "no metric could be read")
     current = desired_replicas(spec)
     state = memo.get("scaler") or ScalerState()
     decision, memo["scaler"] = decide(
@@ -287,15 +304,15 @@ def autoscale(
     if value is not None:
         metrics.AUTOSCALER_METRIC.labels(ns, name).set(value)
     if decision.replicas == spec.replicas:
-        return decision, None, value is not None
+        return decision, None, problem
     body = {"spec": {"replicas": decision.replicas}}
     kube.patch(API_VERSION, KIND, name, ns, body, subresource="scale")
     spec.replicas = decision.replicas
     if decision.replicas == current:
-        return decision, None, value is not None
+        return decision, None, problem
     direction = "up" if decision.replicas > current else "down"
     metrics.AUTOSCALER_DECISIONS.labels(ns, name, direction, str(decision.mode)).inc()
-    return decision, current, value is not None
+    return decision, current, problem
 
 
 def _replace(namespace: str, victims: Iterable[PodView], issues: Iterable[Issue]) -> Issue | None:
