@@ -24,6 +24,7 @@ class Api:
         self.calls: list[tuple[str, ...]] = []
         self.fail: set[str] = set()
         self.version = 100
+        self.patch_bodies: list[dict[str, Any]] = []
 
     def patch(
         self,
@@ -36,6 +37,8 @@ class Api:
         subresource: str | None = None,
     ) -> dict[str, Any] | None:
         self.calls.append(("patch", kind, name, subresource or ""))
+        if subresource == "status":
+            self.patch_bodies.append(body)
         if kind == "Pod" and name in self.fail:
             raise ApiException(status=500, reason="Internal Server Error")
         self.version += 1
@@ -65,15 +68,33 @@ class World:
         self.pods: dict[Any, list[Any]] = {None: []}
         self.nodes: dict[Any, list[Any]] = {}
 
-    def add_job(self, name: str, workers: int, *, gated: bool = True) -> None:
+    def add_job(
+        self,
+        name: str,
+        workers: int,
+        *,
+        gated: bool = True,
+        attempt: int = 0,
+        phase: str = "Pending",
+        status: dict[str, Any] | None = None,
+        spec: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A job and its gang `attempt` in the indexes; `status` and `spec` as stored (raw)."""
         job = make_job(name, roles={"worker": workers}, gpus=8)
         body = job.model_dump(mode="json", exclude_none=True)
         body["metadata"]["resourceVersion"] = "1"
+        if status is not None:
+            body["status"] = status
+        body["spec"].update(spec or {})
         self.bodies[("ns", name)] = [body]
         now = datetime.now(UTC)
-        pods = [make_pod(job, "worker", i, phase="Pending", gated=gated, created=now) for i in range(workers)]
+        pods = [
+            make_pod(job, "worker", i, attempt, phase=phase, gated=gated, created=now, node=f"gpu-{i}")
+            for i in range(workers)
+        ]
         self.pods[("ns", name)] = pods
         self.pods[None] += [gpu_pod_from(p) for p in pods]
+        return body
 
     def add_nodes(self, count: int) -> None:
         for name, node in make_nodes(count).items():
@@ -133,3 +154,79 @@ def test_reservations_whose_ungate_succeeded_survive_a_failed_sibling(api: Api, 
     assert ungated(api) == [], "b was admitted onto the GPUs a-worker-0-a0 was given"
     status = next(c for c in api.calls if c[:2] == ("patch", "TrainingJob"))
     assert status[2] == "b"
+
+
+def _running_status(**extra: Any) -> dict[str, Any]:
+    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    condition = {"status": "True", "lastTransitionTime": since, "observedGeneration": 1}
+    return {
+        "phase": "Running",
+        "attempt": 1,
+        "restartCount": 1,
+        "replicas": 2,
+        "startTime": since,
+        "conditions": [
+            {"type": "Created", "reason": "JobCreated", **condition},
+            {"type": "Running", "reason": "GangRunning", **condition},
+        ],
+        **extra,
+    }
+
+
+def writes(api: Api) -> list[tuple[str, ...]]:
+    return [c for c in api.calls if c[0] in ("create", "delete") or c[:2] == ("patch", "Pod")]
+
+
+def test_a_status_from_another_version_keeps_the_running_gang(api: Api, world: World) -> None:
+    """A field this version does not know inside a condition, and a phase it does not know (a
+    downgrade): the job is still at attempt 1 and its running gang is left alone."""
+    status = _running_status(phase="Preempted", preemptions=0)
+    status["conditions"][1]["severity"] = "Info"
+    world.add_nodes(2)
+    world.add_job("a", 2, gated=False, attempt=1, phase="Running", status=status)
+    reconcile("a")
+    assert writes(api) == [], "the running gang of attempt 1 was touched"
+    patched = [c for c in api.calls if c[:2] == ("patch", "TrainingJob")]
+    assert patched == [("patch", "TrainingJob", "a", "status")]  # the phase it can tell: Running
+    assert trainingjob._phases[("ns", "a")] == "Running"
+
+
+def test_a_status_it_cannot_read_is_left_alone_and_reported(api: Api, world: World) -> None:
+    status = _running_status(attempt="two")
+    world.add_nodes(2)
+    world.add_job("a", 2, gated=False, attempt=1, phase="Running", status=status)
+    assert reconcile("a") is None
+    assert writes(api) == []
+    (body,) = api.patch_bodies
+    assert list(body["status"]) == ["conditions"], "fields it cannot read were overwritten"
+    stalled = body["status"]["conditions"][-1]
+    assert (stalled["type"], stalled["status"], stalled["reason"]) == ("Stalled", "True", "UnreadableStatus")
+    assert "attempt: Input should be a valid integer" in stalled["message"]
+    assert body["status"]["conditions"][:2] == status["conditions"]
+    assert ("event", "UnreadableStatus") in api.calls
+
+    world.bodies[("ns", "a")][0]["status"]["conditions"] = body["status"]["conditions"]  # the watch shows it
+    world.bodies[("ns", "a")][0]["metadata"]["resourceVersion"] = "1000"
+    api.calls.clear()
+    reconcile("a")
+    assert api.calls == [], "said twice"
+
+
+def test_an_invalid_spec_gets_a_condition_and_an_event_not_retries(api: Api, world: World) -> None:
+    world.add_nodes(2)
+    world.add_job("a", 2, spec={"masterPort": 0})
+    assert reconcile("a") is None  # no error: nothing to retry until the spec changes
+    assert writes(api) == [] and ("event", "InvalidSpec") in api.calls
+    (body,) = api.patch_bodies
+    stalled = body["status"]["conditions"][-1]
+    assert stalled["reason"] == "InvalidSpec" and "masterPort" in stalled["message"]
+    assert "kubectl apply --server-side -k crds" in stalled["message"]
+
+    world.bodies[("ns", "a")][0]["spec"]["masterPort"] = 23456  # fixed
+    world.bodies[("ns", "a")][0]["status"] = body["status"]
+    world.bodies[("ns", "a")][0]["metadata"]["resourceVersion"] = "1000"  # the watch shows the edit
+    api.calls.clear()
+    reconcile("a")
+    assert sorted(c[2] for c in writes(api)) == ["a-worker-0-a0", "a-worker-1-a0"]  # ungated: it runs
+    last = api.patch_bodies[-1]
+    assert "Stalled" not in [c["type"] for c in last["status"]["conditions"]]

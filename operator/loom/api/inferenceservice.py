@@ -268,6 +268,26 @@ class HealthStatus(KubeModel):
 
 
 class InferenceServiceStatus(KubeModel):
+    # Rebuilt from what is observed on every reconcile; the rest (the rollout record: stable and
+    # failed revisions, the model's last failure, the replacement count) is state.
+    RECOMPUTED: ClassVar[frozenset[str]] = frozenset(
+        {
+            "phase",
+            "url",
+            "replicas",
+            "readyReplicas",
+            "desiredReplicas",
+            "selector",
+            "revisions.items",
+            "revisions.latestCreated",
+            "revisions.canary",
+            "autoscaling",
+            "health.unhealthyPods",
+            "conditions",
+            "observedGeneration",
+        }
+    )
+
     phase: ServicePhase | None = None
     url: str | None = None
     replicas: int = 0

@@ -147,6 +147,11 @@ class ReplicaStatus(KubeModel):
 
 
 class TrainingJobStatus(KubeModel):
+    # Rebuilt from the spec and the observed pods on every reconcile: losing them loses nothing.
+    RECOMPUTED: ClassVar[frozenset[str]] = frozenset(
+        {"phase", "replicaStatuses", "replicas", "readyReplicas", "observedGeneration"}
+    )
+
     phase: TrainingPhase | None = None
     conditions: list[Condition] = Field(default_factory=list)
     replicaStatuses: dict[str, ReplicaStatus] = Field(default_factory=dict)

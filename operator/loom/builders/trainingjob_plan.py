@@ -24,6 +24,7 @@ from loom.api.trainingjob import (
     TrainingJobStatus,
     TrainingPhase,
 )
+from loom.builders.common import STALLED
 from loom.builders.trainingjob import (
     GANG_GATE,
     LABEL_ATTEMPT,
@@ -152,6 +153,8 @@ class _Decision:
         self.generation = job.metadata.get("generation")
         self.st = (job.status or TrainingJobStatus()).model_copy(deep=True)
         self.st.observedGeneration = self.generation
+        # Deciding means the spec and the status were read: whatever stalled the job is over.
+        self.st.conditions = [c for c in self.st.conditions if c.type != STALLED]
         self.plan = Plan(status=self.st)
         self.deleted: set[str] = set()
         self._built: dict[tuple[int, int, tuple[str, ...]], list[dict[str, Any]]] = {}

@@ -31,7 +31,7 @@ import kopf
 from pydantic import ValidationError
 
 from loom import kube, metrics
-from loom.api.common import API_VERSION, GROUP, VERSION
+from loom.api.common import API_VERSION, GROUP, VERSION, parse_lenient
 from loom.api.inferenceservice import (
     LABEL_REVISION,
     LABEL_SERVICE,
@@ -48,6 +48,13 @@ from loom.autoscaling.sources import (
     ScrapeSource,
     Target,
     UnusableMetric,
+)
+from loom.builders.common import (
+    INVALID_SPEC,
+    UNREADABLE_STATUS,
+    invalid_spec_message,
+    stalled_conditions,
+    unreadable_status_message,
 )
 from loom.builders.inferenceservice import (
     ANNOTATION_SPEC_HASH,
@@ -173,10 +180,17 @@ def reconcile(
     deployments: list[dict[str, Any]],
     bad_nodes: Mapping[str, str],
 ) -> None:
-    isvc = InferenceService.model_validate({k: v for k, v in body.items() if k != "status"})
-    previous = _stored_status(body)
-    ns, name = isvc.metadata["namespace"], isvc.metadata["name"]
     now = datetime.now(UTC)
+    stored = parse_lenient(InferenceServiceStatus, body.get("status"))
+    try:
+        isvc = InferenceService.model_validate({k: v for k, v in body.items() if k != "status"})
+    except ValidationError as e:
+        return _hold(body, INVALID_SPEC, invalid_spec_message(e), now)
+    if stored.unreadable(InferenceServiceStatus.RECOMPUTED):  # e.g. the failed revisions: never guess
+        message = unreadable_status_message(stored, InferenceServiceStatus.RECOMPUTED)
+        return _hold(body, UNREADABLE_STATUS, message, now)
+    previous = stored.value
+    ns, name = isvc.metadata["namespace"], isvc.metadata["name"]
     views = [view(p, now) for p in pods]
     by_rev = {d["metadata"]["labels"].get(LABEL_REVISION, ""): d for d in deployments}
     latest = revision_hash(isvc, SIDECAR)
@@ -237,16 +251,18 @@ def reconcile(
         kube.event(body, reason, message, type_=type_)
 
 
-def _stored_status(body: Mapping[str, Any]) -> InferenceServiceStatus:
-    """The stored status; fields other writers added (e.g. Kopf's) are ignored, not fatal."""
-    stored = body.get("status") or {}
-    try:
-        return InferenceServiceStatus.model_validate(
-            {k: v for k, v in stored.items() if k in InferenceServiceStatus.model_fields}
-        )
-    except ValidationError:
-        log.warning("unreadable status of %s; starting afresh", body["metadata"]["name"])
-        return InferenceServiceStatus()
+def _hold(body: Mapping[str, Any], reason: str, message: str, now: datetime) -> None:
+    """Neither scale, roll out, replace nor delete anything: only say why (Stalled, and an event when
+    that changes), leaving every other status field as stored. The Deployments keep serving."""
+    meta = body["metadata"]
+    conditions = stalled_conditions(
+        (body.get("status") or {}).get("conditions"), reason, message, meta.get("generation"), now
+    )
+    if conditions is None:
+        return
+    patch = {"status": {"conditions": conditions}}
+    if kube.patch(API_VERSION, KIND, meta["name"], meta.get("namespace"), patch, subresource="status"):
+        kube.event(dict(body), reason, message, type_="Warning")
 
 
 def _observation(revision: str, deployment: Mapping[str, Any], views: list[PodView]) -> RevisionObservation:

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -23,8 +24,15 @@ import kopf
 from pydantic import ValidationError
 
 from loom import kube, metrics
-from loom.api.common import API_VERSION, GROUP, VERSION
+from loom.api.common import API_VERSION, GROUP, VERSION, parse_lenient
 from loom.api.trainingjob import TrainingJob, TrainingJobStatus
+from loom.builders.common import (
+    INVALID_SPEC,
+    UNREADABLE_STATUS,
+    invalid_spec_message,
+    stalled_conditions,
+    unreadable_status_message,
+)
 from loom.builders.trainingjob import LABEL_JOB, pod_gpus
 from loom.builders.trainingjob_gang import Node, gpu_pod_from, node_from
 from loom.builders.trainingjob_plan import RESYNC, Cluster, Plan, decide
@@ -136,8 +144,12 @@ async def reconcile(key: Key) -> float | None:
     if body is None:
         _forget(key)
         return None
-    job = _model(body)
     now = datetime.now(UTC)
+    job = _model(body)
+    if not isinstance(job, TrainingJob):  # nothing is decided on a spec or status it cannot read
+        _waiting.discard(key)
+        await _hold(key, body, job, now)
+        return None
     pods = _expectations.merge(key, _store(_indices["trainingjob_pods"], key), now)
     nodes = {n.name: n for n in _store(_indices["trainingjob_nodes"], None, all_keys=True)}
     indexed = list(_indices["trainingjob_pods"].get(None) or ())
@@ -268,14 +280,57 @@ def _is_older(observed: str, written: tuple[str, dict[str, Any]]) -> bool:
         return observed == base
 
 
-def _model(body: dict[str, Any]) -> TrainingJob:
-    """The job as a model; a status written by an older Loom keeps only the fields this one knows."""
-    known = TrainingJobStatus.model_fields
-    status = {k: v for k, v in (body.get("status") or {}).items() if k in known}
+def _model(body: dict[str, Any]) -> TrainingJob | Stall:
+    """The job as a model, its status read leniently (unknown fields ignored, what parses kept), or
+    why it cannot be acted on: a spec that does not validate, a status whose state cannot be read."""
+    status = parse_lenient(TrainingJobStatus, body.get("status"))
     try:
-        return TrainingJob.model_validate({**body, "status": status})
-    except ValidationError:
-        return TrainingJob.model_validate({**body, "status": None})
+        job = TrainingJob.model_validate({**body, "status": None})
+    except ValidationError as e:
+        return Stall(INVALID_SPEC, invalid_spec_message(e))
+    if status.unreadable(TrainingJobStatus.RECOMPUTED):
+        return Stall(UNREADABLE_STATUS, unreadable_status_message(status, TrainingJobStatus.RECOMPUTED))
+    if status.ignored or status.dropped:
+        log.debug(
+            "status of %s: ignored %s, recomputing %s",
+            body["metadata"]["name"],
+            status.ignored,
+            status.dropped,
+        )
+    job.status = status.value
+    return job
+
+
+@dataclass(frozen=True)
+class Stall:
+    reason: str
+    message: str
+
+
+async def _hold(key: Key, body: dict[str, Any], stall: Stall, now: datetime) -> None:
+    """Only say why, in the Stalled condition (and an event when that changes): no pod, service or
+    other status field is touched, so nothing this version cannot read is lost or acted upon."""
+    namespace, name = key
+    generation = (body.get("metadata") or {}).get("generation")
+    conditions = stalled_conditions(
+        (body.get("status") or {}).get("conditions"), stall.reason, stall.message, generation, now
+    )
+    if conditions is None:
+        return
+    patched = await _in_thread(
+        kube.patch,
+        API_VERSION,
+        KIND,
+        name,
+        namespace,
+        {"status": {"conditions": conditions}},
+        subresource="status",
+    )
+    if patched is None:
+        return
+    base = body["metadata"].get("resourceVersion", "")
+    _written[key] = (base, patched)
+    await _in_thread(kube.event, body, stall.reason, stall.message, type_="Warning")
 
 
 def _only_counts_changed(old: TrainingJobStatus | None, new: TrainingJobStatus) -> bool:
