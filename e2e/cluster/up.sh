@@ -2,8 +2,8 @@
 # Starts the local cluster: etcd + kube-apiserver + kube-controller-manager + kube-scheduler
 # (Kubernetes built from Go modules by build.sh) with KWOK simulating nodes and pod lifecycles.
 # Fake nodes: GPU_NODES with nvidia.com/gpu: GPUS_PER_NODE, and CPU_NODES.
-# Prints the kubeconfig path as its last line. Idempotent: an up cluster is reused
-# (its node count adjusted).
+# Prints the kubeconfig path as its last line. Idempotent: an up cluster is reused (its node count
+# adjusted) unless its configuration (binaries' version, options, stages.yaml) changed: then it is recreated.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 LOOM_HOME=${LOOM_HOME:-$HOME/.cache/loom}
@@ -40,12 +40,19 @@ options:
 YAML
 cat "$here/stages.yaml" >> "$config"
 
+config_hash=$(sha256sum "$config" | cut -d' ' -f1)
+if [[ $(cat "$STATE/config.sha256" 2>/dev/null) != "$config_hash" ]] && kwokctl get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+  echo "cluster $CLUSTER was started with another configuration (e.g. stages.yaml changed): recreating it" >&2
+  kwokctl delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+fi
 if ! kwokctl get clusters 2>/dev/null | grep -qx "$CLUSTER" || ! kwokctl --name "$CLUSTER" kubectl get --raw /readyz >/dev/null 2>&1; then
   kwokctl delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+  rm -f "$STATE/config.sha256"
   echo "starting cluster $CLUSTER ($kube_version)" >&2
   start=$(date +%s.%N)
   kwokctl create cluster --name "$CLUSTER" --config "$config" --wait 120s --quiet-pull >&2
   echo "control plane up in $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s" >&2
+  echo "$config_hash" > "$STATE/config.sha256"
 fi
 kwokctl get kubeconfig --name "$CLUSTER" > "$KUBECONFIG_OUT"
 export KUBECONFIG=$KUBECONFIG_OUT
