@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from e2e.support import LOOM_HOME, ROOT, Operator, kubectl, wait_for
+from e2e.pools import Pool, gpu_pool
+from e2e.support import LOOM_HOME, ROOT, Operator, kubectl, unwatch_namespace, wait_for, watch_namespace
 
 NAMESPACE_PREFIX = f"e2e-{uuid.uuid4().hex[:4]}-"
 
@@ -146,9 +147,18 @@ def namespace(kubeconfig: str) -> Iterator[str]:
         timeout=30,
         what=f"default ServiceAccount in {name}",
     )
+    watch_namespace(name)  # a timed-out wait_for shows what it holds
     yield name
+    unwatch_namespace(name)
     kubectl("delete", LOOM_KINDS, "--all", "-n", name, "--wait=false", check=False)
     kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def pool(kubeconfig: str) -> Iterator[Pool]:
+    """Two fake nodes of 8 GPUs each, for this test's pods only (pin them with `pool.pin`)."""
+    with gpu_pool(2) as p:
+        yield p
 
 
 def pytest_report_header(config: pytest.Config) -> str:

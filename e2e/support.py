@@ -40,7 +40,8 @@ def kubectl_result(*args: str, input: str | None = None) -> subprocess.Completed
 
 
 def wait_for(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.2, what: str = "") -> T:
-    """Poll fn() until it returns something truthy; return it, or raise TimeoutError naming `what`."""
+    """Poll fn() until it returns something truthy; return it, or raise TimeoutError naming `what`,
+    with what the test's namespaces held at that moment (see `seen`)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -48,8 +49,70 @@ def wait_for(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.2, 
         if last:
             return last
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what or fn}; last value: {last!r}")
+            raise TimeoutError(
+                f"timed out after {timeout}s waiting for {what or fn}; last value: {last!r}\n{seen()}"
+            )
         time.sleep(interval)
+
+
+# What a timed-out wait reports: the namespaces of the running test and the operator process.
+_watched: list[str] = []
+_operators: list[Operator] = []
+
+
+def watch_namespace(namespace: str) -> None:
+    _watched.append(namespace)
+
+
+def unwatch_namespace(namespace: str) -> None:
+    if namespace in _watched:
+        _watched.remove(namespace)
+
+
+def _pod_line(pod: dict[str, Any]) -> str:
+    meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+    phase = "Terminating" if meta.get("deletionTimestamp") else status.get("phase", "?")
+    parts = [f"  pod {meta['name']}: {phase} on {spec.get('nodeName') or '(unscheduled)'}"]
+    for c in status.get("conditions") or []:
+        if c.get("status") != "True" and (c.get("reason") or c.get("message")):
+            parts.append(
+                f"{c['type']}={c['status']} {c.get('reason', '')}: {c.get('message', '')}".rstrip(": ")
+            )
+    if spec.get("schedulingGates"):
+        parts.append(f"gates {[g['name'] for g in spec['schedulingGates']]}")
+    return "; ".join(parts)
+
+
+def seen(log_lines: int = 25) -> str:
+    """Pod phases and scheduling conditions, Loom objects' phases, warning events of the watched
+    namespaces, and the operator's log tail: what a timed-out wait saw. Never raises."""
+    out: list[str] = []
+    for ns in list(_watched):
+        try:
+            pods = json.loads(kubectl("get", "pods", "-n", ns, "-o", "json"))["items"]
+            kinds = "trainingjobs.loom.ml,inferenceservices.loom.ml,featurepipelines.loom.ml"
+            objects = json.loads(kubectl("get", kinds, "-n", ns, "-o", "json"))["items"]
+            events = json.loads(kubectl("get", "events", "-n", ns, "-o", "json"))["items"]
+        except (RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
+            out.append(f"namespace {ns}: could not be read: {e}")
+            continue
+        out.append(f"namespace {ns}: {len(pods)} pods")
+        out += [_pod_line(p) for p in pods[:40]]
+        for o in objects:
+            st = o.get("status") or {}
+            conds = ", ".join(
+                f"{c['type']}={c['status']}({c.get('reason', '')})" for c in st.get("conditions") or []
+            )
+            out.append(f"  {o['kind']} {o['metadata']['name']}: phase {st.get('phase')}; {conds}")
+        warnings = [e for e in events if e.get("type") == "Warning"][-10:]
+        out += [
+            f"  event {e['involvedObject']['name']}: {e['reason']}: {e.get('message', '')}" for e in warnings
+        ]
+    for op in _operators[-1:]:
+        tail = op.logs().splitlines()[-log_lines:]
+        out.append("operator log tail:")
+        out += [f"  {line}" for line in tail]
+    return "\n".join(out)
 
 
 _loaded = False
@@ -193,6 +256,9 @@ class Operator:
             env=env,
             cwd=ROOT,
         )
+        if self in _operators:
+            _operators.remove(self)
+        _operators.append(self)
         wait_for(self._healthy, timeout=60, what="operator /healthz")
 
     def _healthy(self) -> bool:

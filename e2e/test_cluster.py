@@ -8,11 +8,16 @@ from typing import Any
 
 import pytest
 
+from e2e.pools import Pool
 from e2e.support import evict_pod, kubectl, set_node_ready, set_pod_exit, wait_for
 
 
-def _pod(namespace: str, name: str, gpus: int = 0) -> None:
+def _pod(namespace: str, name: str, gpus: int = 0, pool: Pool | None = None) -> None:
     resources = {"limits": {"nvidia.com/gpu": gpus}} if gpus else {}
+    spec = {
+        "restartPolicy": "Never",
+        "containers": [{"name": "main", "image": "busybox", "resources": resources}],
+    }
     kubectl(
         "apply",
         "-n",
@@ -24,10 +29,7 @@ def _pod(namespace: str, name: str, gpus: int = 0) -> None:
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {"name": name},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [{"name": "main", "image": "busybox", "resources": resources}],
-                },
+                "spec": pool.pin(spec) if pool else spec,
             }
         ),
     )
@@ -48,11 +50,11 @@ def test_gpu_nodes_advertise_gpus(kubeconfig: str) -> None:
     assert all(int(n["status"]["allocatable"]["nvidia.com/gpu"]) >= 1 for n in nodes)
 
 
-def test_gpu_pod_is_scheduled_on_a_gpu_node_and_runs(namespace: str) -> None:
-    _pod(namespace, "gpu", gpus=2)
+def test_gpu_pod_is_scheduled_on_a_gpu_node_and_runs(namespace: str, pool: Pool) -> None:
+    _pod(namespace, "gpu", gpus=2, pool=pool)
     wait_for(lambda: _phase(namespace, "gpu") == "Running", timeout=30, what="pod Running")
     pod = _get(namespace, "gpu")
-    assert pod["spec"]["nodeName"].startswith("gpu-node-")
+    assert pod["spec"]["nodeName"] in pool.nodes
     assert all(c["type"] != "Ready" or c["status"] == "True" for c in pod["status"]["conditions"])
 
 
@@ -95,3 +97,14 @@ def test_node_not_ready_and_back(kubeconfig: str) -> None:
     finally:
         set_node_ready(node, True)
     wait_for(lambda: ready() == "True", timeout=30, what=f"{node} Ready again")
+
+
+def test_a_wait_that_times_out_says_what_it_saw(namespace: str) -> None:
+    """Not just `last value: None`: the pods, why they are not scheduled, the warnings."""
+    _pod(namespace, "huge", gpus=1000)
+    with pytest.raises(TimeoutError) as raised:
+        wait_for(lambda: _phase(namespace, "huge") == "Running", timeout=4, what="a pod no node can hold")
+    text = str(raised.value)
+    assert f"namespace {namespace}: 1 pods" in text, text
+    assert "pod huge: Pending on (unscheduled); PodScheduled=False Unschedulable" in text, text
+    assert "Insufficient nvidia.com/gpu" in text and "event huge: FailedScheduling" in text, text

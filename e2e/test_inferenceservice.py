@@ -15,15 +15,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import yaml
 
-from e2e.support import Operator, apply_yaml, apps, core, get_cr, kubectl, set_pod_exit, wait_for
+from e2e.pools import Pool
+from e2e.support import ROOT, Operator, apply_yaml, apps, core, get_cr, kubectl, set_pod_exit, wait_for
 
 PLURAL = "inferenceservices"
 pytestmark = pytest.mark.timeout(120)
 
 
-def isvc(name: str, *, image: str = "ghcr.io/loom-ml/ranker-server:1.4", **spec: Any) -> dict[str, Any]:
-    """An InferenceService of one-GPU pods; `spec` overrides top-level spec fields."""
+def isvc(
+    name: str, pool: Pool, *, image: str = "ghcr.io/loom-ml/ranker-server:1.4", **spec: Any
+) -> dict[str, Any]:
+    """An InferenceService of one-GPU pods on the test's own `pool`; `spec` overrides top-level spec
+    fields."""
     body: dict[str, Any] = {
         "apiVersion": "loom.ml/v1alpha1",
         "kind": "InferenceService",
@@ -32,19 +37,21 @@ def isvc(name: str, *, image: str = "ghcr.io/loom-ml/ranker-server:1.4", **spec:
             "model": {"uri": "https://models.example.com/ranker.safetensors", "sizeLimit": "1Gi"},
             "predictor": {
                 "template": {
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "server",
-                                "image": image,
-                                "ports": [{"containerPort": 8080, "name": "http"}],
-                                "resources": {
-                                    "requests": {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": 1},
-                                    "limits": {"memory": "2Gi", "nvidia.com/gpu": 1},
-                                },
-                            }
-                        ]
-                    }
+                    "spec": pool.pin(
+                        {
+                            "containers": [
+                                {
+                                    "name": "server",
+                                    "image": image,
+                                    "ports": [{"containerPort": 8080, "name": "http"}],
+                                    "resources": {
+                                        "requests": {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": 1},
+                                        "limits": {"memory": "2Gi", "nvidia.com/gpu": 1},
+                                    },
+                                }
+                            ]
+                        }
+                    )
                 }
             },
             "scaling": {"autoscaler": "external"},
@@ -115,8 +122,8 @@ def wait_serving(ns: str, name: str, replicas: int, timeout: float = 30) -> dict
     return wait_for(ready, timeout=timeout, what=f"{name} serving {replicas} Ready replicas")
 
 
-def test_children_sidecar_status_and_columns(operator: Operator, namespace: str) -> None:
-    apply_yaml(isvc("ranker", replicas=2, minReplicas=1, maxReplicas=4), namespace)
+def test_children_sidecar_status_and_columns(operator: Operator, namespace: str, pool: Pool) -> None:
+    apply_yaml(isvc("ranker", pool, replicas=2, minReplicas=1, maxReplicas=4), namespace)
     s = wait_serving(namespace, "ranker", 2)
     assert s["url"] == f"http://ranker.{namespace}.svc.cluster.local"
     assert s["selector"] == "loom.ml/inferenceservice=ranker"
@@ -167,9 +174,9 @@ def test_children_sidecar_status_and_columns(operator: Operator, namespace: str)
 
 
 def test_canary_rollout_is_bounded_and_promoted_across_an_operator_restart(
-    operator: Operator, namespace: str
+    operator: Operator, namespace: str, pool: Pool
 ) -> None:
-    doc = isvc("ranker", replicas=4, maxReplicas=8, canary={"trafficPercent": 25})
+    doc = isvc("ranker", pool, replicas=4, maxReplicas=8, canary={"trafficPercent": 25})
     apply_yaml(doc, namespace)
     old = wait_serving(namespace, "ranker", 4)["revisions"]["latestReady"]
     apply_yaml(with_image(doc, "ghcr.io/loom-ml/ranker-server:1.5"), namespace)
@@ -197,9 +204,11 @@ def test_canary_rollout_is_bounded_and_promoted_across_an_operator_restart(
     assert "CanaryStarted" in reasons and "Promoted" in reasons
 
 
-def start_held_canary(namespace: str, **health: Any) -> tuple[dict[str, Any], str, str]:
+def start_held_canary(namespace: str, pool: Pool, **health: Any) -> tuple[dict[str, Any], str, str]:
     """A stable revision of 2 and a new revision whose canary is held for analysis (not promoted)."""
-    doc = isvc("ranker", replicas=2, canary={"trafficPercent": 50, "promoteAfterSeconds": 300}, health=health)
+    doc = isvc(
+        "ranker", pool, replicas=2, canary={"trafficPercent": 50, "promoteAfterSeconds": 300}, health=health
+    )
     apply_yaml(doc, namespace)
     old = wait_serving(namespace, "ranker", 2)["revisions"]["latestReady"]
     apply_yaml(with_image(doc, "ghcr.io/loom-ml/ranker-server:broken"), namespace)
@@ -237,8 +246,8 @@ def wait_serving_revision(namespace: str, revision: str, replicas: int) -> dict[
     return wait_for(serving, timeout=30, what=f"revision {revision} serving {replicas}")
 
 
-def test_canary_that_fails_to_load_is_rolled_back(operator: Operator, namespace: str) -> None:
-    _, old, pod = start_held_canary(namespace)
+def test_canary_that_fails_to_load_is_rolled_back(operator: Operator, namespace: str, pool: Pool) -> None:
+    _, old, pod = start_held_canary(namespace, pool)
     set_pod_exit(namespace, pod, 3)  # the sidecar: source unreachable
     c = wait_rolled_back(namespace, old)
     assert "SourceUnreachable" in c["message"]
@@ -249,8 +258,8 @@ def test_canary_that_fails_to_load_is_rolled_back(operator: Operator, namespace:
     assert {"RolledBack", "ModelFailedToLoad"} <= reasons
 
 
-def test_canary_that_fails_readiness_is_rolled_back(operator: Operator, namespace: str) -> None:
-    _, old, pod = start_held_canary(namespace, notReadySeconds=2)
+def test_canary_that_fails_readiness_is_rolled_back(operator: Operator, namespace: str, pool: Pool) -> None:
+    _, old, pod = start_held_canary(namespace, pool, notReadySeconds=2)
     patch_pod_status(
         namespace, pod, {"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now()}]}
     )
@@ -259,8 +268,10 @@ def test_canary_that_fails_readiness_is_rolled_back(operator: Operator, namespac
     assert status(namespace, "ranker")["modelStatus"]["state"] == "Loaded"  # the model was fine
 
 
-def test_load_failures_are_reported_with_reason_and_exit_code(operator: Operator, namespace: str) -> None:
-    apply_yaml(isvc("ranker", replicas=1), namespace)
+def test_load_failures_are_reported_with_reason_and_exit_code(
+    operator: Operator, namespace: str, pool: Pool
+) -> None:
+    apply_yaml(isvc("ranker", pool, replicas=1), namespace)
     wait_serving(namespace, "ranker", 1)
     set_pod_exit(namespace, ready_pods(namespace, "ranker")[0].metadata.name, 4)
     wait_for(
@@ -276,8 +287,8 @@ def test_load_failures_are_reported_with_reason_and_exit_code(operator: Operator
     )
 
 
-def test_unhealthy_pods_are_replaced_one_at_a_time(operator: Operator, namespace: str) -> None:
-    apply_yaml(isvc("ranker", replicas=3, minReplicas=2, health={"notReadySeconds": 2}), namespace)
+def test_unhealthy_pods_are_replaced_one_at_a_time(operator: Operator, namespace: str, pool: Pool) -> None:
+    apply_yaml(isvc("ranker", pool, replicas=3, minReplicas=2, health={"notReadySeconds": 2}), namespace)
     wait_serving(namespace, "ranker", 3)
     fewest = 3
 
@@ -324,18 +335,35 @@ def test_unhealthy_pods_are_replaced_one_at_a_time(operator: Operator, namespace
     assert sum(1 for r, _ in events(namespace, "ranker") if r == "PodReplaced") >= 3
 
 
-def test_example_manifest_is_served(operator: Operator, namespace: str) -> None:
-    from e2e.support import ROOT
+def test_serving_does_not_wait_for_the_shared_gpu_nodes(
+    operator: Operator, namespace: str, pool: Pool
+) -> None:
+    """The cluster's own GPU nodes full (as gangs of the examples or of another session leave them,
+    pods in their termination grace period included): this suite's services run on their pool."""
+    nodes = json.loads(kubectl("get", "nodes", "-l", "loom.ml/pool=gpu", "-o", "json"))["items"]
+    for node in nodes:
+        name, gpus = node["metadata"]["name"], node["status"]["allocatable"].get("nvidia.com/gpu", "0")
+        hog = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"hog-{name}"},
+            "spec": {
+                "nodeName": name,
+                "terminationGracePeriodSeconds": 0,
+                "containers": [
+                    {"name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": gpus}}}
+                ],
+            },
+        }
+        apply_yaml(hog, namespace)
+    apply_yaml(isvc("ranker", pool, replicas=2), namespace)
+    wait_serving(namespace, "ranker", 2)
+    assert {p.spec.node_name for p in live_pods(namespace, "ranker")} <= set(pool.nodes)
 
-    kubectl(
-        "apply",
-        "--server-side",
-        "-n",
-        namespace,
-        "-f",
-        str(ROOT / "manifests/examples/inferenceservice-ranker.yaml"),
-    )
-    deadline = time.monotonic() + 30
-    wait_for(
-        lambda: status(namespace, "ranker").get("readyReplicas") == 1, timeout=deadline - time.monotonic()
-    )
+
+def test_example_manifest_is_served(operator: Operator, namespace: str, pool: Pool) -> None:
+    doc = yaml.safe_load((ROOT / "manifests/examples/inferenceservice-ranker.yaml").read_text())
+    template = doc["spec"]["predictor"]["template"]
+    template["spec"] = pool.pin(template["spec"])
+    apply_yaml(doc, namespace)
+    wait_for(lambda: status(namespace, "ranker").get("readyReplicas") == 1, what="the example serving")

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from e2e.pools import Pool
 from e2e.support import Operator, apply_yaml, core, free_port, get_cr
 from e2e.test_inferenceservice import condition, events, isvc, status, wait_for
 
@@ -117,11 +118,11 @@ def scaled(**scaling: Any) -> dict[str, Any]:
 
 
 def test_load_step_scales_up_in_the_panic_window_and_down_after_the_stable_window(
-    load: LoadServer, operator: Operator, namespace: str
+    load: LoadServer, operator: Operator, namespace: str, pool: Pool
 ) -> None:
     key = (namespace, "ranker")
     load.demand[key] = 8.0
-    apply_yaml(isvc("ranker", replicas=1, minReplicas=1, maxReplicas=6, scaling=scaled()), namespace)
+    apply_yaml(isvc("ranker", pool, replicas=1, minReplicas=1, maxReplicas=6, scaling=scaled()), namespace)
     wait_for(
         lambda: condition(namespace, "ranker", "ScalingActive").get("status") == "True", what="metrics flow"
     )
@@ -169,7 +170,7 @@ def test_load_step_scales_up_in_the_panic_window_and_down_after_the_stable_windo
 
 
 def test_prometheus_source_scales_to_zero_and_back(
-    load: LoadServer, operator: Operator, namespace: str
+    load: LoadServer, operator: Operator, namespace: str, pool: Pool
 ) -> None:
     key = (namespace, "ranker")
     load.demand[key] = 0.0
@@ -177,7 +178,7 @@ def test_prometheus_source_scales_to_zero_and_back(
     scaling = scaled(
         prometheus={"url": f"http://127.0.0.1:{load.port}", "query": query}, scaleToZeroGracePeriodSeconds=2
     )
-    apply_yaml(isvc("ranker", replicas=1, minReplicas=0, maxReplicas=3, scaling=scaling), namespace)
+    apply_yaml(isvc("ranker", pool, replicas=1, minReplicas=0, maxReplicas=3, scaling=scaling), namespace)
     wait_for(lambda: spec_replicas(namespace, "ranker") == 0, timeout=30, what="scaled to zero")
     wait_for(
         lambda: condition(namespace, "ranker", "Ready").get("reason") == "ScaledToZero", what="ScaledToZero"
@@ -190,7 +191,7 @@ def test_prometheus_source_scales_to_zero_and_back(
 
 
 def test_a_prometheus_value_that_is_not_a_number_holds_the_scale(
-    load: LoadServer, operator: Operator, namespace: str
+    load: LoadServer, operator: Operator, namespace: str, pool: Pool
 ) -> None:
     """Prometheus answers NaN for a rate over no samples or 0/0: that is no data, not zero load, so
     a service allowed to scale to zero keeps its replicas and says why."""
@@ -200,7 +201,7 @@ def test_a_prometheus_value_that_is_not_a_number_holds_the_scale(
     scaling = scaled(
         prometheus={"url": f"http://127.0.0.1:{load.port}", "query": query}, scaleToZeroGracePeriodSeconds=1
     )
-    apply_yaml(isvc("ranker", replicas=2, minReplicas=0, maxReplicas=3, scaling=scaling), namespace)
+    apply_yaml(isvc("ranker", pool, replicas=2, minReplicas=0, maxReplicas=3, scaling=scaling), namespace)
     held = wait_for(
         lambda: (c := condition(namespace, "ranker", "ScalingActive")).get("reason") == "InvalidValue" and c,
         what="ScalingActive False for the NaN",

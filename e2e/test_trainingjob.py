@@ -11,14 +11,12 @@ import copy
 import json
 import re
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import yaml
 
+from e2e.pools import POOL_LABEL, Pool, gpu_pool
 from e2e.support import (
     GROUP,
     VERSION,
@@ -36,49 +34,11 @@ from e2e.support import (
 PLURAL = "trainingjobs"
 
 
-@dataclass
-class Pool:
-    tag: str
-    nodes: list[str]
-
-
-def _node(name: str, tag: str, gpus: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {"kwok.x-k8s.io/node": "fake"},
-            "labels": {
-                "type": "kwok",
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "loom.ml/e2e-pool": tag,
-            },
-        },
-        "spec": {"taints": [{"key": "loom.ml/e2e-pool", "value": tag, "effect": "NoSchedule"}]},
-        "status": {
-            "allocatable": {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": str(gpus)},
-            "capacity": {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": str(gpus)},
-        },
-    }
-
-
-def _ready(name: str) -> bool:
-    node = json.loads(kubectl("get", "node", name, "-o", "json"))
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
-
-
 @pytest.fixture
 def pool(kubeconfig: str) -> Iterator[Pool]:
     """Four fake nodes with 8 GPUs each, only for this test's jobs."""
-    tag = "p" + uuid.uuid4().hex[:6]  # a letter first: "123e45" would read as a number
-    names = [f"tj{tag}-{i}" for i in range(4)]
-    kubectl("apply", "-f", "-", input=yaml.safe_dump_all([_node(n, tag, 8) for n in names]))
-    for name in names:
-        wait_for(lambda n=name: _ready(n), timeout=30, what=f"node {name} Ready")
-    yield Pool(tag, names)
-    kubectl("delete", "node", *names, "--wait=false", "--ignore-not-found", check=False)
+    with gpu_pool(4, prefix="tj") as p:
+        yield p
 
 
 def job_manifest(
@@ -96,8 +56,8 @@ def job_manifest(
     template = {
         "spec": {
             "terminationGracePeriodSeconds": 0,
-            "nodeSelector": {"loom.ml/e2e-pool": pool.tag},
-            "tolerations": [{"key": "loom.ml/e2e-pool", "operator": "Exists"}],
+            "nodeSelector": {POOL_LABEL: pool.tag},
+            "tolerations": [{"key": POOL_LABEL, "operator": "Exists"}],
             "containers": [
                 {"name": "trainer", "image": "pytorch", "resources": {"limits": {"nvidia.com/gpu": gpus}}}
             ],
