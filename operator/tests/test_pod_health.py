@@ -51,6 +51,13 @@ NOW = T0 + timedelta(seconds=100)
             id="kubelet-sidecar-exit-4",
         ),
         pytest.param(
+            Pod("p").sidecar_crashed(8, "https://x/m.safetensors changed while it was being read"),
+            ModelState.FAILED_TO_LOAD,
+            "SourceChanged",
+            8,
+            id="kubelet-sidecar-exit-8",
+        ),
+        pytest.param(
             Pod("p").sidecar_crashed(137),
             ModelState.FAILED_TO_LOAD,
             "StartupProbeFailed",

@@ -79,6 +79,7 @@ Exit codes:
   5   I/O error while reading or writing
   6   not found
   7   failed precondition (e.g. O_DIRECT or CUDA not available)
+  8   source changed: the object was replaced while it was being staged (a retry stages the new one)
   64  usage error (bad flag or argument)
 The reason is printed as one line on stderr (and written to the termination log).
 )";

@@ -78,19 +78,28 @@ class HttpSource final : public Source {
     if (total == 0) return Status::OK();
     if (offset + total > size_) return Status::Internal("read past the end of " + url_);
     const std::string range = "bytes=" + std::to_string(offset) + "-" + std::to_string(offset + total - 1);
+    httplib::Headers headers = {{"Range", range}, {"Accept-Encoding", "identity"}};
+    if (!etag_.empty() && !etag_.starts_with("W/")) {
+      headers.emplace("If-Match", etag_);  // a weak tag never matches If-Match (strong comparison)
+    } else if (etag_.empty() && !last_modified_.empty()) {
+      headers.emplace("If-Unmodified-Since", last_modified_);
+    }
     Status last;
     for (int attempt = 0; attempt <= options_.retries; ++attempt) {
       if (attempt) Backoff(attempt);
       auto client = Borrow();
       int status = 0;
+      std::string changed;  // the version a response reported, when it is not the one opened
       size_t piece = 0, piece_off = 0;
       uint64_t received = 0;
       httplib::Result res = client->Get(
-          parsed_.path, {{"Range", range}, {"Accept-Encoding", "identity"}},
+          parsed_.path, headers,
           [&](const httplib::Response& r) {
             status = r.status;
             // 206 with our range, or 200 with the whole object when the range was all of it.
-            return r.status == 206 || (r.status == 200 && offset == 0 && total == size_);
+            const bool ok = r.status == 206 || (r.status == 200 && offset == 0 && total == size_);
+            if (ok) changed = ChangedVersion(r);
+            return ok && changed.empty();
           },
           [&](const char* data, size_t len) {
             if (received + len > total) return false;  // server sent more than asked
@@ -103,6 +112,12 @@ class HttpSource final : public Source {
             }
             return true;
           });
+      if (status == 412 || !changed.empty()) {
+        const std::string why = status == 412 ? "HTTP 412: If-Match " + etag_ + " no longer holds"
+                                              : "it was " + Shown() + ", now " + changed;
+        return Status::SourceChanged(url_ + " changed while it was being read (" + why +
+                                     "); staging it again reads the new version");
+      }
       if (res && received == total) {
         Return(std::move(client));
         return Status::OK();
@@ -127,11 +142,28 @@ class HttpSource final : public Source {
 
   void SetVersion(const httplib::Response& r) {
     if (r.has_header("ETag")) {
-      version_ = "etag:" + r.get_header_value("ETag");
+      etag_ = r.get_header_value("ETag");
+      version_ = "etag:" + etag_;
     } else if (r.has_header("Last-Modified")) {
-      version_ = "last-modified:" + r.get_header_value("Last-Modified");
+      last_modified_ = r.get_header_value("Last-Modified");
+      version_ = "last-modified:" + last_modified_;
     }
   }
+
+  // "" when the response is of the version opened (or says nothing about its version).
+  std::string ChangedVersion(const httplib::Response& r) const {
+    if (!etag_.empty()) {
+      const std::string now = r.get_header_value("ETag");
+      return !now.empty() && now != etag_ ? "ETag " + now : "";
+    }
+    if (!last_modified_.empty()) {
+      const std::string now = r.get_header_value("Last-Modified");
+      return !now.empty() && now != last_modified_ ? "Last-Modified " + now : "";
+    }
+    return "";
+  }
+
+  std::string Shown() const { return etag_.empty() ? "Last-Modified " + last_modified_ : "ETag " + etag_; }
 
   std::unique_ptr<httplib::Client> Borrow() const {
     {
@@ -162,6 +194,8 @@ class HttpSource final : public Source {
   HttpOptions options_;
   uint64_t size_ = 0;
   std::string version_;
+  std::string etag_;           // as the server sent it, quotes and W/ included
+  std::string last_modified_;  // only when there is no ETag
   mutable std::mutex mu_;
   mutable std::vector<std::unique_ptr<httplib::Client>> pool_;
 };

@@ -174,6 +174,9 @@ int Serve(const CliOptions& o) {
       if (!fatal.ok()) break;
     }
   }
+  // Cancel first: a control-API load with "wait": true blocks its handler until the staging ends,
+  // and stopping the HTTP server waits for its handlers.
+  registry.Cancel();
   http.Stop();
   registry.Shutdown();
   return fatal.ok() ? 0 : Fail(o, fatal);

@@ -23,8 +23,10 @@ ModelRegistry::ModelRegistry(Env* env, SourceOpener* opener, Metrics* metrics, s
 
 ModelRegistry::~ModelRegistry() { Shutdown(); }
 
+void ModelRegistry::Cancel() { cancel_ = true; }
+
 void ModelRegistry::Shutdown() {
-  cancel_ = true;
+  Cancel();
   std::map<std::string, std::thread> loaders;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -72,6 +72,7 @@ int HttpStatusFor(const Status& s) {
     case StatusCode::kInvalidArgument: return 400;
     case StatusCode::kNotFound: return 404;
     case StatusCode::kFailedPrecondition: return 409;
+    case StatusCode::kSourceChanged: return 409;
     case StatusCode::kInvalidModel: return 422;
     case StatusCode::kUnavailable: return 502;
     case StatusCode::kNoSpace: return 507;

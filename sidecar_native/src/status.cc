@@ -24,6 +24,7 @@ std::string_view CodeName(StatusCode code) {
     case StatusCode::kIOError: return "io_error";
     case StatusCode::kNotFound: return "not_found";
     case StatusCode::kFailedPrecondition: return "failed_precondition";
+    case StatusCode::kSourceChanged: return "source_changed";
     case StatusCode::kInternal: return "internal";
   }
   return "internal";
@@ -40,6 +41,7 @@ std::string Status::ToString() const {
     case StatusCode::kNotFound: out = "not found: "; break;
     case StatusCode::kInvalidArgument: out = "invalid argument: "; break;
     case StatusCode::kFailedPrecondition: out = "failed precondition: "; break;
+    case StatusCode::kSourceChanged: out = "source changed: "; break;
     default: out = "internal error: "; break;
   }
   return out + message_;
@@ -62,6 +64,7 @@ int ExitCodeFor(const Status& status) {
     case StatusCode::kIOError: return 5;
     case StatusCode::kNotFound: return 6;
     case StatusCode::kFailedPrecondition: return 7;
+    case StatusCode::kSourceChanged: return 8;
     case StatusCode::kInvalidArgument: return 64;
     case StatusCode::kInternal: return 1;
   }

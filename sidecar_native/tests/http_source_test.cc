@@ -115,6 +115,51 @@ TEST(HttpSourceTest, MissingObjectsAndDeadServersAreUnavailable) {
   EXPECT_EQ(dead.status().code(), StatusCode::kUnavailable);
 }
 
+Status ReadStatus(const Source& s, uint64_t off, size_t n) {
+  std::string buf(n, '\0');
+  return s.ReadAt(off, {reinterpret_cast<uint8_t*>(buf.data()), buf.size()});
+}
+
+TEST(HttpSourceTest, RangeReadsArePinnedToTheVersionFirstSeen) {
+  FileServer server;
+  server.Put("m", std::string(100000, 'a'));
+  std::unique_ptr<Source> s = std::move(OpenHttpSource(server.Url("m"), Fast())).value();
+  EXPECT_EQ(Read(*s, 10, {5}), "aaaaa");
+  EXPECT_EQ(server.if_match_gets, 1);  // If-Match: the ETag of the HEAD
+  server.Put("m", std::string(100000, 'b'));  // overwritten while it stages
+  const int gets = server.gets;
+  Status st = ReadStatus(*s, 20, 5);
+  EXPECT_EQ(st.code(), StatusCode::kSourceChanged) << st.ToString();
+  EXPECT_NE(st.message().find(server.Url("m")), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("HTTP 412"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("changed while it was being read"), std::string::npos) << st.message();
+  EXPECT_EQ(server.gets - gets, 1);  // not retried: it will not match again
+  EXPECT_EQ(ExitCodeFor(st), 8);
+}
+
+TEST(HttpSourceTest, AChangedETagFailsWhereTheServerIgnoresIfMatch) {
+  FileServer server;
+  server.ignore_if_match = true;
+  server.Put("m", std::string(1000, 'a'));
+  std::unique_ptr<Source> s = std::move(OpenHttpSource(server.Url("m"), Fast())).value();
+  server.Put("m", std::string(1000, 'b'));
+  Status st = ReadStatus(*s, 0, 10);
+  EXPECT_EQ(st.code(), StatusCode::kSourceChanged) << st.ToString();
+  EXPECT_NE(st.message().find(server.ETagOf(std::string(1000, 'a'))), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find(server.ETagOf(std::string(1000, 'b'))), std::string::npos) << st.message();
+}
+
+TEST(HttpSourceTest, WeakETagsAreComparedNotSentAsIfMatch) {
+  FileServer server;
+  server.weak_etag = true;
+  server.Put("m", std::string(1000, 'a'));
+  std::unique_ptr<Source> s = std::move(OpenHttpSource(server.Url("m"), Fast())).value();
+  EXPECT_EQ(Read(*s, 0, {3}), "aaa");
+  EXPECT_EQ(server.if_match_gets, 0);  // a weak tag never matches If-Match
+  server.Put("m", std::string(1000, 'b'));
+  EXPECT_EQ(ReadStatus(*s, 0, 3).code(), StatusCode::kSourceChanged);
+}
+
 TEST(HttpSourceTest, UrlParsing) {
   Result<ParsedUrl> u = ParseUrl("https://bucket.s3.amazonaws.com:8443/a/b.safetensors?X-Sig=1");
   ASSERT_TRUE(u.ok());

@@ -119,6 +119,43 @@ TEST_F(ServerTest, MetricsEndpoint) {
   EXPECT_NE(m->body.find("loom_sidecar_resident_models 1\n"), std::string::npos);
 }
 
+TEST(ServerShutdownTest, CancellingFirstEndsAWaitingLoadAtOnce) {
+  // SIGTERM during POST load {"wait": true}: the sidecar cancels, then stops the HTTP server,
+  // whose Stop() waits for the handler that waits for the staging.
+  testing::FileServer files;
+  files.delay_ms = 100;  // each range read: 64 KiB in 0.1 s, so staging 4 MiB takes 6 s or more
+  files.Put("slow.safetensors", testing::MakeSafetensors({{"w", "U8", {4 << 20}, 4 << 20}}));
+  TempDir shm;
+  Metrics metrics;
+  DefaultSourceOpener opener{Env::Default(), false, HttpOptions{}};
+  StageOptions options;
+  options.threads = 1;
+  options.chunk_bytes = 64 << 10;
+  ModelRegistry registry{Env::Default(), &opener, &metrics, shm.path(), options};
+  HttpService http{&registry, &metrics, {}};
+  const std::string control = *http.Listen("127.0.0.1:0", true);
+  int status = 0;
+  std::string body;
+  std::thread client([&] {
+    httplib::Client c("http://" + control);
+    c.set_read_timeout(60, 0);
+    httplib::Result r = c.Post("/v1/models/slow/load",
+                               json{{"uri", files.Url("slow.safetensors")}, {"wait", true}}.dump(), "application/json");
+    if (r) status = r->status, body = r->body;
+  });
+  for (int i = 0; i < 500 && files.ranged_gets < 4; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_GE(files.ranged_gets, 4) << "staging never started";
+  const auto start = std::chrono::steady_clock::now();
+  registry.Cancel();
+  http.Stop();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  client.join();
+  EXPECT_LT(seconds, 2.0) << "Stop() waited for the staging";
+  EXPECT_EQ(status, 409) << body;
+  EXPECT_NE(body.find("cancelled"), std::string::npos) << body;
+  registry.Shutdown();
+}
+
 TEST(ListenAddressTest, Parsing) {
   EXPECT_EQ(ParseListenAddress("0.0.0.0:8088")->port, 8088);
   EXPECT_EQ(ParseListenAddress(":9")->host, "0.0.0.0");

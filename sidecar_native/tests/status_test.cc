@@ -28,6 +28,9 @@ TEST(StatusTest, ExitCodesAreDistinctAndDocumented) {
   EXPECT_EQ(ExitCodeFor(Status::IOError("x")), 5);
   EXPECT_EQ(ExitCodeFor(Status::NotFound("x")), 6);
   EXPECT_EQ(ExitCodeFor(Status::FailedPrecondition("x")), 7);
+  EXPECT_EQ(ExitCodeFor(Status::SourceChanged("x")), 8);
+  EXPECT_EQ(CodeName(StatusCode::kSourceChanged), "source_changed");
+  EXPECT_EQ(Status::SourceChanged("x").ToString(), "source changed: x");
   EXPECT_EQ(ExitCodeFor(Status::InvalidArgument("x")), 64);
   EXPECT_EQ(ExitCodeFor(Status::Internal("x")), 1);
 }

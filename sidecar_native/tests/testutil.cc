@@ -102,6 +102,8 @@ FileServer::FileServer() : impl_(std::make_unique<Impl>()) {
     if (req.method == "GET") {
       ++gets;
       if (req.has_header("Range")) ++ranged_gets;
+      if (req.has_header("If-Match")) ++if_match_gets;
+      if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms.load()));
       if (fail_next_gets > 0) {
         --fail_next_gets;
         res.status = 503;
@@ -114,7 +116,13 @@ FileServer::FileServer() : impl_(std::make_unique<Impl>()) {
       res.status = 404;
       return;
     }
-    res.set_header("ETag", "\"" + std::to_string(std::hash<std::string>{}(it->second)) + "\"");
+    const std::string etag = ETagOf(it->second);
+    res.set_header("ETag", etag);
+    if (req.has_header("If-Match") && !ignore_if_match && req.get_header_value("If-Match") != etag) {
+      ++precondition_failures;  // RFC 9110 13.1.1: strong comparison; a weak tag never matches
+      res.status = 412;
+      return;
+    }
     res.set_content(it->second, "application/octet-stream");  // httplib applies the Range
   });
   port_ = impl_->server.bind_to_any_port("127.0.0.1");
@@ -131,6 +139,10 @@ FileServer::~FileServer() {
 void FileServer::Put(const std::string& name, std::string bytes) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->files[name] = std::move(bytes);
+}
+
+std::string FileServer::ETagOf(const std::string& bytes) const {
+  return std::string(weak_etag ? "W/" : "") + "\"" + std::to_string(std::hash<std::string>{}(bytes)) + "\"";
 }
 
 std::string FileServer::Url(const std::string& name) const {

@@ -94,8 +94,15 @@ class FileServer {
 
   std::atomic<int> fail_next_gets{0};  // answer this many GETs with 503 first
   std::atomic<bool> refuse_head{false};
+  std::atomic<bool> ignore_if_match{false};  // as some servers and proxies do
+  std::atomic<bool> weak_etag{false};        // W/"..." (If-Match never matches a weak tag)
+  std::atomic<int> delay_ms{0};              // before answering each GET
   std::atomic<int> gets{0};
   std::atomic<int> ranged_gets{0};
+  std::atomic<int> if_match_gets{0};         // GETs that carried If-Match
+  std::atomic<int> precondition_failures{0}; // answered 412
+  // ETag the server gives `bytes` (a hash of the content: it changes when the file is replaced).
+  std::string ETagOf(const std::string& bytes) const;
 
  private:
   struct Impl;

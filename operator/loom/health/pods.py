@@ -34,6 +34,11 @@ SIDECAR_EXIT_CODES: Mapping[int, tuple[str, str]] = {
     2: ("InvalidModel", "the weights are not a valid model of model.format; fix model.uri"),
     3: ("SourceUnreachable", "the sidecar could not read model.uri; check the URL or path and credentials"),
     4: ("NoSpace", "the model does not fit in its emptyDir; raise model.sizeLimit"),
+    8: (
+        "SourceChanged",
+        "model.uri was replaced while the sidecar staged it; the sidecar restarts and stages the new "
+        "version (publish new weights under a new URI to roll them out as a revision)",
+    ),
 }
 _STARTUP_KILL_CODES = {137, 143}  # SIGKILL / SIGTERM from the kubelet when the startup probe gave up
 _IMAGE_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}

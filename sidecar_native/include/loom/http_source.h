@@ -2,6 +2,11 @@
 // concurrent ReadV borrows its own keep-alive connection from a small pool, so the Source is
 // thread-safe. Redirects are followed; transient failures (connection errors, 5xx, short
 // bodies) are retried with exponential backoff.
+// Every range read is pinned to the object version seen when it was opened: If-Match with its
+// strong ETag (If-Unmodified-Since with its Last-Modified when it has no ETag), and the ETag or
+// Last-Modified of each response compared, for servers that ignore the precondition. A changed
+// object fails the read with SourceChanged (exit 8), never retried: bytes of two versions must
+// not be published as one.
 #ifndef LOOM_HTTP_SOURCE_H_
 #define LOOM_HTTP_SOURCE_H_
 

@@ -64,7 +64,11 @@ class ModelRegistry {
   // match; regions whose sources changed are removed, unreachable ones left alone.
   void AdoptLeftovers(const std::set<std::string>& skip);
 
-  // Cancels stagings in progress (they fail and clean up) and waits for background loads.
+  // Makes stagings in progress fail (and clean up) as soon as their current reads return, and
+  // refuses new loads; returns at once. A Load() waiting in a control-API handler then returns,
+  // so call this before stopping the HTTP server (whose Stop() waits for its handlers).
+  void Cancel();
+  // Cancel(), then waits for background loads.
   void Shutdown();
 
   const std::string& dir() const { return dir_; }

@@ -22,6 +22,7 @@ enum class StatusCode {
   kIOError,             // reading or writing failed midway (exit 5)
   kNotFound,            // a named model or entry is not known here (exit 6)
   kFailedPrecondition,  // the operation does not fit the current state (exit 7)
+  kSourceChanged,       // the source was replaced while it was being read (exit 8)
   kInternal,            // a bug (exit 1)
 };
 
@@ -39,6 +40,7 @@ class Status {
   static Status FailedPrecondition(std::string msg) {
     return {StatusCode::kFailedPrecondition, std::move(msg)};
   }
+  static Status SourceChanged(std::string msg) { return {StatusCode::kSourceChanged, std::move(msg)}; }
   static Status Internal(std::string msg) { return {StatusCode::kInternal, std::move(msg)}; }
   // An IOError / Unavailable carrying strerror(err) after `what`.
   static Status FromErrno(std::string_view what, int err);
@@ -60,7 +62,7 @@ class Status {
 // Short stable name of a code ("invalid_model"), used in metrics labels and JSON.
 std::string_view CodeName(StatusCode code);
 // The process exit code for a status: 0 ok, 1 internal, 2 invalid model, 3 source unreachable,
-// 4 no space, 5 I/O error, 6 not found, 7 failed precondition, 64 usage.
+// 4 no space, 5 I/O error, 6 not found, 7 failed precondition, 8 source changed, 64 usage.
 int ExitCodeFor(const Status& status);
 
 // A value or the Status explaining why there is none.
