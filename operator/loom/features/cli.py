@@ -18,7 +18,7 @@ ENGINE_CHOICES = ("local", "spark", "ray")
 
 
 def add_commands(commands: Any) -> None:
-    """Add `features run` (and `features stream`) to the `loom` subparsers."""
+    """Add `features run`, `features stream` and `features feast-repo` to the `loom` subparsers."""
     features = commands.add_parser("features", help="compute feature pipelines (the runtime of their pods)")
     sub = features.add_subparsers(dest="features_command", required=True)
 
@@ -42,6 +42,19 @@ def add_commands(commands: Any) -> None:
     )
     stream.add_argument("--consumer", default=None, help="consumer name (default: $POD_NAME or the hostname)")
     stream.set_defaults(func=_stream)
+
+    repo = sub.add_parser(
+        "feast-repo",
+        help="write the Feast feature repository of a format: feast pipeline",
+        description="Write feature_store.yaml (the sink's Redis online store) and features.py (Entities, "
+        "FileSource, FeatureView typed from the transform's output) into --out, so `feast apply` there "
+        "registers what Loom writes. Prints one JSON summary line; exit 0 or 65 (bad input).",
+    )
+    repo.add_argument(
+        "-f", "--file", default=None, help="FeaturePipeline YAML/JSON (default: $LOOM_PIPELINE)"
+    )
+    repo.add_argument("--out", required=True, help="directory of the Feast repository (created)")
+    repo.set_defaults(func=_feast_repo)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -72,6 +85,16 @@ def _stream(args: argparse.Namespace) -> int:
         return result
 
     return guarded("loom features stream", body, lambda: None)
+
+
+def _feast_repo(args: argparse.Namespace) -> int:
+    def body() -> dict[str, Any]:
+        from loom.features.config import load_pipeline
+        from loom.features.feast_repo import write_repo
+
+        return write_repo(load_pipeline(args.file), args.out)
+
+    return guarded("loom features feast-repo", body, lambda: None)
 
 
 def guarded(name: str, body: Callable[[], dict[str, Any]], window: Callable[[], Any]) -> int:

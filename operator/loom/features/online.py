@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -86,6 +86,16 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+
+def check_online(sink: RedisSink, schema: pa.Schema, keys: Sequence[str], timestamp: str) -> None:
+    """The output can be written in the sink's format (bad input naming the column otherwise)."""
+    if sink.format == OnlineFormat.FEAST:
+        from loom.features.feast import check_schema
+
+        check_schema(sink, schema, keys, timestamp)
+    else:
+        check_encodable(schema, [*keys, timestamp])
 
 
 def check_encodable(schema: pa.Schema, skip: Sequence[str]) -> None:
@@ -216,12 +226,24 @@ def redacted(url: str) -> str:
 
 
 class RedisWriter:
-    """Writes rows of one pipeline's output into Redis in Loom's layout; `write` returns entities written."""
+    """Writes rows of one pipeline's output into Redis in Loom's layout; `write` returns entities written.
+
+    Built for a `format: feast` sink, it is a `loom.features.feast.FeastWriter` (Feast's layout)."""
+
+    format: ClassVar[OnlineFormat] = OnlineFormat.LOOM
+    script: ClassVar[str] = SCRIPT
+
+    def __new__(cls, sink: RedisSink, *args: Any, **kwargs: Any) -> RedisWriter:
+        if cls is RedisWriter and sink.format == OnlineFormat.FEAST:
+            from loom.features.feast import FeastWriter
+
+            return super().__new__(FeastWriter)
+        return super().__new__(cls)
 
     def __init__(self, sink: RedisSink, pipeline: str, keys: Sequence[str], timestamp: str) -> None:
         import redis
 
-        if sink.format != OnlineFormat.LOOM:
+        if sink.format != self.format:
             raise bad_input(f"redis.format {sink.format} is not written by this runtime yet (only loom)")
         self.url = redacted(sink.url)
         self.layout = Layout(
@@ -241,7 +263,7 @@ class RedisWriter:
         if self._conn is not None:
             return
         with self._errors():
-            self._sha = str(self._client.script_load(SCRIPT))
+            self._sha = str(self._client.script_load(self.script))
             self._conn = self._client.connection_pool.get_connection()
 
     def write(self, data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch]) -> int:
@@ -258,7 +280,7 @@ class RedisWriter:
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
-                for command in commands(encode(batch, self.layout), self._sha, self.layout):
+                for command in self._commands(batch):
                     self._conn.send_packed_command(command, check_health=False)
                     self._in_flight.append(1)
                     if len(self._in_flight) > MAX_IN_FLIGHT:
@@ -266,6 +288,9 @@ class RedisWriter:
             while self._in_flight:
                 written += self._read_one()
         return written
+
+    def _commands(self, batch: pa.RecordBatch) -> Iterator[list[Any]]:
+        return commands(encode(batch, self.layout), self._sha, self.layout)
 
     def close(self) -> None:
         if self._conn is not None:
