@@ -63,9 +63,9 @@ class OutputCheck:
                     f"partitionBy column {column} is not a transform output column; its columns: {names}"
                 )
         if self.spec.sinks.online is not None:
-            from loom.features.online import check_encodable
+            from loom.features.online import check_online
 
-            check_encodable(schema, [*source.entityKeys, source.timestampField])
+            check_online(self.spec.sinks.online.redis, schema, source.entityKeys, source.timestampField)
         self._schema = schema
 
     def batch(self, batch: pa.RecordBatch) -> bool:
