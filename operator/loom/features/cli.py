@@ -74,15 +74,9 @@ def _run(args: argparse.Namespace) -> int:
 def _stream(args: argparse.Namespace) -> int:
     def body() -> dict[str, Any]:
         from loom.features.config import load_pipeline
-        from loom.features.errors import bad_input
+        from loom.features.stream import serve
 
-        pipeline = load_pipeline(args.file)
-        try:
-            from loom.features import stream  # type: ignore[attr-defined]
-        except ImportError as exc:
-            raise bad_input("loom features stream is not built yet in this runtime") from exc
-        result: dict[str, Any] = stream.serve(pipeline, consumer=args.consumer)
-        return result
+        return serve(load_pipeline(args.file), consumer=args.consumer)
 
     return guarded("loom features stream", body, lambda: None)
 

@@ -4,8 +4,9 @@ Layout: `<path>/<col>=<value>/.../w<start>-<end>-<part>.parquet` (times `%Y%m%dT
 `date` (YYYY-MM-DD of the timestamp, UTC) is derived when the output has no such column; the partition
 columns live in the path, not in the files. A file's name is the event-time window that produced it.
 
-Rule: a run owns its window [start, end). It stages its files under `<path>/.loom-staging/<run-id>/`
-(pyarrow ignores `.` names, so readers never see them). The commit point is the journal
+Rule: a run owns its window [start, end). DuckDB writes its files (`COPY ... PARTITION_BY`, in parallel)
+under `<path>/.loom-staging/<run-id>/<part>/` (written locally and uploaded on object stores; pyarrow and
+DuckDB ignore `.` names, so readers never see them). The commit point is the journal
 `<run-id>/COMMIT`, written atomically once every file is staged: it lists the moves (staged -> final name)
 and the removals (files inside the window, and files overlapping it, which were first rewritten without the
 window's rows into staged files named for what is left of their range). Rolling a journal forward is
@@ -13,7 +14,7 @@ idempotent, so an interrupted commit is finished by the next run on the dataset;
 its journal removes its staging and the dataset is as it was. Re-running a window replaces its files and
 never duplicates rows. Commits on a local filesystem hold an flock; on object stores one writer per
 dataset at a time is the caller's promise (the controller's windows of one pipeline do not overlap in
-flight). `plan_commit` is the pure decision; the rest does the I/O with pyarrow.fs.
+flight). `plan_commit` is the pure decision; the rest does the I/O with pyarrow.fs and DuckDB.
 """
 
 from __future__ import annotations
@@ -22,15 +23,16 @@ import contextlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
-from typing import TypedDict
+from pathlib import Path, PurePosixPath
+from typing import Any, TypedDict
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -45,7 +47,6 @@ DATE = "date"
 TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 NAME = re.compile(r"^w(\d{8}T\d{6}Z)-(\d{8}T\d{6}Z)-(\d{5,})\.parquet$")
 STALE_STAGING_SECONDS = 24 * 3600
-MAX_ROWS_PER_FILE = 16 * 1024 * 1024
 
 
 class Journal(TypedDict):
@@ -153,64 +154,71 @@ class OfflineStore:
 
     # --- staging (per partition; runs on executors too) ---------------------------------------
 
+    def target(self, run_id: str, part: str) -> str:
+        """A fresh local directory the part's files are written into: the staging itself on a local
+        filesystem, else a TMPDIR directory whose files `publish` uploads into the staging."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            path = f"{self.staging(run_id)}/{part}"
+            with self._io("stage files under"):
+                self.fs.create_dir(path, recursive=True)
+                self.fs.delete_dir_contents(path, missing_dir_ok=True)
+            return path
+        return tempfile.mkdtemp(prefix=f"loom-stage-{part}-")
+
+    def copy(self, con: Any, query: str, schema: pa.Schema, target: str) -> list[str]:
+        """DuckDB writes the rows of `query` (columns `schema`) as Hive-partitioned Parquet under `target`,
+        in parallel; the files written (absolute local paths, sorted)."""
+        columns = self.sink.partitionBy
+        derive = DATE in columns and schema.get_field_index(DATE) < 0
+        date = f", CAST({_ident(self.timestamp)} AS DATE) AS {_ident(DATE)}" if derive else ""
+        select = f"SELECT *{date} FROM ({query})"
+        if columns:
+            partition = ", ".join(_ident(c) for c in columns)
+            options = (
+                f"FORMAT parquet, PARTITION_BY ({partition}), "
+                + "FILENAME_PATTERN 'part-{i}', OVERWRITE_OR_IGNORE"
+            )
+            to = _literal(target)
+        else:
+            options, to = "FORMAT parquet", _literal(f"{target}/part-0.parquet")
+        con.execute(f"COPY ({select}) TO {to} ({options})")
+        return sorted(str(p) for p in Path(target).rglob("*.parquet"))
+
+    def publish(self, run_id: str, part: str, target: str, files: Sequence[str]) -> list[str]:
+        """The staged relative paths (`<part>/<dirs>/<file>`) of `files`, uploaded first when `target` is
+        a local copy of a remote staging."""
+        staged = [f"{part}/{Path(f).relative_to(target).as_posix()}" for f in files]
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            with self._io("stage files under"):
+                base = f"{self.staging(run_id)}/{part}"
+                self.fs.delete_dir_contents(base, missing_dir_ok=True)
+                pafs.copy_files(
+                    target, base, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
+                )
+        return staged
+
     def stage(
         self, run_id: str, part: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]
     ) -> list[str]:
-        """Write `batches` as Hive-partitioned files under `<run-id>/<part>/`; the staged relative paths.
+        """Stage record batches as the files of one part; the staged relative paths (no validation)."""
+        from loom.features.transform import connect
 
-        A re-staged part replaces what an earlier attempt of the same part left there.
-        """
-        base = f"{self.staging(run_id)}/{part}"
-        with self._io("stage files under"):
-            self.fs.create_dir(base, recursive=True)
-            self.fs.delete_dir_contents(base, missing_dir_ok=True)
-        out_schema, partitioning = self._partitioning(schema)
-        written: list[str] = []
-
-        def visit(f: ds.WrittenFile) -> None:
-            written.append(f.path)
-
-        with self._io("stage files under"):
-            ds.write_dataset(
-                self._with_partition_columns(batches, schema),
-                base,
-                schema=out_schema,
-                filesystem=self.fs,
-                format="parquet",
-                partitioning=partitioning,
-                basename_template="part-{i}.parquet",
-                existing_data_behavior="overwrite_or_ignore",
-                max_rows_per_file=MAX_ROWS_PER_FILE,
-                file_visitor=visit,
-                create_dir=True,
-            )
-        prefix = f"{self.staging(run_id)}/"
-        return sorted(p[len(prefix) :] if p.startswith(prefix) else p for p in written)
-
-    def _partitioning(self, schema: pa.Schema) -> tuple[pa.Schema, ds.Partitioning | None]:
-        columns = self.sink.partitionBy
-        if not columns:
-            return schema, None
-        out = schema
-        if DATE in columns and schema.get_field_index(DATE) < 0:
-            out = schema.append(pa.field(DATE, pa.string()))
-        return out, ds.partitioning(pa.schema([out.field(c) for c in columns]), flavor="hive")
-
-    def _with_partition_columns(
-        self, batches: Iterable[pa.RecordBatch], schema: pa.Schema
-    ) -> Iterator[pa.RecordBatch]:
-        derive = DATE in self.sink.partitionBy and schema.get_field_index(DATE) < 0
-        for batch in batches:
-            if derive:
-                ts = batch[self.timestamp]
-                utc = ts.cast(pa.timestamp(ts.type.unit, tz="UTC")) if ts.type.tz else ts
-                batch = batch.append_column(DATE, pc.strftime(utc, format="%Y-%m-%d"))
-            yield batch
+        con = connect()
+        try:
+            con.register("loom_batches", pa.RecordBatchReader.from_batches(schema, iter(batches)))
+            target = self.target(run_id, part)
+            files = self.copy(con, "SELECT * FROM loom_batches", schema, target)
+            staged = self.publish(run_id, part, target, files)
+        finally:
+            con.close()
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            shutil.rmtree(target, ignore_errors=True)
+        return staged
 
     # --- commit (once, on the driver) -----------------------------------------------------------
 
-    def commit(self, run_id: str, window: Window, staged: Sequence[str]) -> int:
-        """Move the staged files in and replace the window's old rows; returns the files moved in."""
+    def commit(self, run_id: str, window: Window, staged: Sequence[str]) -> dict[str, str]:
+        """Move the staged files in and replace the window's old rows; staged relative path -> final path."""
         with self._lock(), self._io("commit to"):
             self.recover(exclude=run_id)
             plan = plan_commit(self.list_files(), staged, window)
@@ -225,7 +233,12 @@ class OfflineStore:
                 out.write(json.dumps(journal).encode())
             self.fs.move(tmp, f"{staging}/{JOURNAL}")  # the commit point
             self._roll_forward(run_id, journal)
-        return len(plan.moves)
+        return {src: f"{self.root}/{dst}" for src, dst in plan.moves}
+
+    def remove_part(self, run_id: str, part: str) -> None:
+        """Remove one part's staged files (its partition failed)."""
+        with contextlib.suppress(OSError):
+            self.fs.delete_dir(f"{self.staging(run_id)}/{part}")
 
     def abort(self, run_id: str) -> None:
         """Remove a failed run's staging (before its journal: the dataset is untouched)."""
@@ -317,6 +330,14 @@ class OfflineStore:
             raise bad_input(f"offline store {self.url}: cannot {what} it: {one_line(str(exc))}") from exc
         except OSError as exc:
             raise unavailable(f"offline store {self.url}: cannot {what} it: {one_line(str(exc))}") from exc
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _bound(value: datetime, schema: pa.Schema, column: str) -> pa.Scalar:

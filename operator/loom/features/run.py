@@ -27,10 +27,11 @@ from loom.api.featurepipeline import FeaturePipeline, Window
 from loom.features import transform
 from loom.features.config import check_batch
 from loom.features.errors import bad_input
+from loom.features.offline import OfflineStore
 from loom.features.partition import (
     ComputedPartition,
     abort_offline,
-    commit_offline,
+    commit_offline_files,
     compute_partition,
     open_writer,
     write_online,
@@ -59,7 +60,9 @@ def run_window(pipeline: FeaturePipeline, window: Window, *, engine: str = "loca
         for part, data in partitions(pipeline, source):
             computed.append(compute_partition(pipeline, window, data, run_id=run_id, part=part))
         phases = {"compute": time.monotonic() - started}
-        files = commit_offline(pipeline, window, run_id, [c.partial for c in computed])
+        final = commit_offline_files(pipeline, window, run_id, [c.partial for c in computed])
+        files = len(final)
+        _follow(computed, final, pipeline, run_id)
         phases["offline_commit"] = time.monotonic() - started - phases["compute"]
         online = write_online(pipeline, computed, writer=writer)
         phases["online"] = time.monotonic() - started - phases["compute"] - phases["offline_commit"]
@@ -84,6 +87,20 @@ def run_window(pipeline: FeaturePipeline, window: Window, *, engine: str = "loca
     )
 
 
+def _follow(
+    computed: list[ComputedPartition], final: dict[str, str], pipeline: FeaturePipeline, run_id: str
+) -> None:
+    """Point the online reads at where the commit moved the staged files."""
+    offline = pipeline.spec.sinks.offline
+    if offline is None:
+        return
+    store = OfflineStore(offline, pipeline.spec.source.timestampField)
+    moved = {f"{store.staging(run_id)}/{src}": dst for src, dst in final.items()}
+    for c in computed:
+        if c.online is not None and c.online.scratch is None:
+            c.online = c.online.moved(moved, store.root)
+
+
 def new_run_id(window: Window) -> str:
     return f"{window.start:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:10]}"
 
@@ -91,12 +108,12 @@ def new_run_id(window: Window) -> str:
 def partitions(pipeline: FeaturePipeline, source: WindowSource) -> Iterator[tuple[str, Any]]:
     """The local engine's partitions: the whole window (SQL, or a small window), or entity-key buckets."""
     if pipeline.spec.transform.sql is not None:
-        yield "p00000", source.dataset
+        yield "p00000", source
         return
     limit = int(os.environ.get(ENV_PARTITION_ROWS, DEFAULT_PARTITION_ROWS))
     buckets = math.ceil(source.count_rows() / limit)
     if buckets <= 1:
-        yield "p00000", source.reader()
+        yield "p00000", source
         return
     yield from _buckets(pipeline, source, buckets)
 
@@ -109,7 +126,7 @@ def _buckets(pipeline: FeaturePipeline, source: WindowSource, buckets: int) -> I
     try:
         keys = ", ".join(_quote(k) for k in pipeline.spec.source.entityKeys)
         con = transform.connect()
-        con.register("source", source.dataset)
+        transform.register_source(con, source)
         try:
             con.execute(
                 f"COPY (SELECT *, hash({keys}) % {buckets} AS {BUCKET} FROM source) "

@@ -37,6 +37,8 @@ class WindowSource:
     schema: pa.Schema
     filter: ds.Expression
     files: ds.Dataset
+    timestamp: str
+    bounds: tuple[datetime, datetime]
 
     def count_rows(self) -> int:
         """Rows in the window (row-group statistics answer most of it; else only the ts column is read)."""
@@ -55,6 +57,22 @@ class WindowSource:
         except OSError as exc:
             raise unavailable(f"source {self.path} cannot be read: {one_line(str(exc))}") from exc
 
+    def duckdb_view(self) -> str | None:
+        """SQL reading the window with DuckDB's parallel Parquet reader, for local files; else None."""
+        if not isinstance(self.files.filesystem, pafs.LocalFileSystem):
+            return None
+        files = ", ".join(_literal(f) for f in self.files.files)
+        partitioning = self.files.partitioning
+        hive = "true" if partitioning is not None and len(partitioning.schema) else "false"
+        ts = '"' + self.timestamp.replace('"', '""') + '"'
+        aware = self.schema.field(self.timestamp).type.tz is not None
+        kind = "TIMESTAMPTZ" if aware else "TIMESTAMP"
+        lo, hi = (_literal(f"{t:%Y-%m-%d %H:%M:%S.%f}" + ("+00" if aware else "")) for t in self.bounds)
+        return (
+            f"SELECT * FROM read_parquet([{files}], hive_partitioning = {hive}, union_by_name = true) "
+            f"WHERE {ts} >= {kind} {lo} AND {ts} < {kind} {hi}"
+        )
+
     def reader(self, batch_rows: int = BATCH_ROWS) -> pa.RecordBatchReader:
         return pa.RecordBatchReader.from_batches(self.schema, self.batches(batch_rows))
 
@@ -71,7 +89,13 @@ def open_window(spec: SourceSpec, window: Window) -> WindowSource:
     field = ds.field(spec.timestampField)
     expr = (field >= start) & (field < end)
     return WindowSource(
-        path=path, dataset=dataset.filter(expr), schema=dataset.schema, filter=expr, files=dataset
+        path=path,
+        dataset=dataset.filter(expr),
+        schema=dataset.schema,
+        filter=expr,
+        files=dataset,
+        timestamp=spec.timestampField,
+        bounds=(window.start, window.end),
     )
 
 
@@ -152,3 +176,7 @@ def _glob(fs: pafs.FileSystem, pattern: str, where: str) -> list[str]:
 def _hidden(relative: str) -> bool:
     """Like pyarrow's discovery: names starting with `.` or `_` (staging, _SUCCESS) are not data."""
     return any(p.startswith((".", "_")) for p in PurePosixPath(relative).parts)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

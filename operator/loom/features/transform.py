@@ -18,7 +18,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -26,7 +26,10 @@ import pyarrow.dataset as ds
 from loom.api.featurepipeline import TransformSpec
 from loom.features.errors import bad_input, one_line, unavailable
 
-TransformInput: TypeAlias = "ds.Dataset | pa.Table | pa.RecordBatchReader"
+if TYPE_CHECKING:
+    from loom.features.source import WindowSource
+
+TransformInput: TypeAlias = "WindowSource | ds.Dataset | pa.Table | pa.RecordBatchReader"
 PythonTransform = Callable[[pa.Table], pa.Table]
 
 BATCH_ROWS = 128 * 1024
@@ -36,30 +39,15 @@ DEFAULT_MEMORY_LIMIT = "1GB"
 
 
 def apply(spec: TransformSpec, data: TransformInput, *, batch_rows: int = BATCH_ROWS) -> pa.RecordBatchReader:
-    """The transform's output as a stream of record batches (SQL) or of one table's batches (python)."""
-    if spec.sql is not None:
-        return sql_reader(spec.sql, data, batch_rows=batch_rows)
-    if spec.python is None:
-        raise bad_input("transform must set exactly one of sql, python")
-    fn = load_python(spec.python)
-    return call_python(spec.python, fn, as_table(data)).to_reader(max_chunksize=batch_rows)
-
-
-def sql_reader(sql: str, data: TransformInput, *, batch_rows: int = BATCH_ROWS) -> pa.RecordBatchReader:
-    """Run `sql` over `data` as the table `source` in a fresh DuckDB; the result streams."""
+    """The transform's output as a stream of bounded record batches (a fresh DuckDB per call)."""
     import duckdb
 
     con = connect()
-    con.register("source", data)
-    try:
-        relation = con.sql(sql)
-    except duckdb.Error as exc:
-        raise sql_error(_with_position(con, sql, exc)) from exc
-    if relation is None:
-        raise bad_input("transform SQL must be a query (SELECT ...) over the table `source`")
+    relation = output(con, spec, data)
     try:
         reader = relation.to_arrow_reader(batch_rows)
     except duckdb.Error as exc:
+        con.close()
         raise sql_error(exc) from exc
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -71,6 +59,54 @@ def sql_reader(sql: str, data: TransformInput, *, batch_rows: int = BATCH_ROWS) 
             con.close()
 
     return pa.RecordBatchReader.from_batches(reader.schema, batches())
+
+
+def sql_reader(sql: str, data: TransformInput, *, batch_rows: int = BATCH_ROWS) -> pa.RecordBatchReader:
+    """Run `sql` over `data` as the table `source`; the result streams."""
+    return apply(TransformSpec(sql=sql), data, batch_rows=batch_rows)
+
+
+def output(con: Any, spec: TransformSpec, data: TransformInput) -> Any:
+    """The transform's output as a DuckDB relation on `con` (nothing runs until it is read or copied).
+
+    SQL: `data` is the table `source`. Python: the function runs now on `data` as one Table, and its result
+    is the relation. Both are also the view `loom_output`.
+    """
+    import duckdb
+
+    if spec.sql is not None:
+        register_source(con, data)
+        sql = spec.sql.strip().rstrip(";")
+        try:
+            relation = con.sql(sql)
+        except duckdb.Error as exc:
+            raise sql_error(_with_position(con, sql, exc)) from exc
+        if relation is None:
+            raise bad_input("transform SQL must be a query (SELECT ...) over the table `source`")
+    elif spec.python is not None:
+        fn = load_python(spec.python)
+        table = call_python(spec.python, fn, as_table(data))
+        con.register("loom_python_output", table)
+        relation = con.sql("SELECT * FROM loom_python_output")
+    else:
+        raise bad_input("transform must set exactly one of sql, python")
+    relation.create_view("loom_output", replace=True)
+    return relation
+
+
+def register_source(con: Any, data: TransformInput) -> None:
+    """Make `data` the table `source`: local Parquet files of a window are read by DuckDB's own parallel
+    reader with the window filter pushed into it; anything else (other filesystems, Arrow data) is
+    scanned by reference through Arrow."""
+    from loom.features.source import WindowSource
+
+    if isinstance(data, WindowSource):
+        view = data.duckdb_view()
+        if view is not None:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW source AS {view}")
+            return
+        data = data.dataset
+    con.register("source", data)
 
 
 def _with_position(con: Any, sql: str, exc: Exception) -> Exception:
@@ -106,7 +142,7 @@ def sql_error(exc: Exception) -> Exception:
     """DuckDB's message as one line, with its `LINE n:` caret turned into a line and column."""
     import duckdb
 
-    text = str(exc)
+    text = str(exc).split(" Detail: Python exception:")[0]  # a Python reader's own failure, traceback cut
     lines = text.splitlines()
     head = one_line("\n".join(line for line in lines if not line.startswith("LINE ") and "^" not in line))
     where = ""
@@ -153,6 +189,10 @@ def call_python(ref: str, fn: PythonTransform, table: pa.Table) -> pa.Table:
 
 def as_table(data: TransformInput) -> pa.Table:
     """One partition's rows as a Table (a Python transform takes a Table; the caller bounds its size)."""
+    from loom.features.source import WindowSource
+
+    if isinstance(data, WindowSource):
+        return pa.Table.from_batches(list(data.batches()), schema=data.schema)
     if isinstance(data, pa.Table):
         return data
     if isinstance(data, pa.RecordBatchReader):

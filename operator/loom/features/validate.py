@@ -1,20 +1,21 @@
-"""Checks of the transform's output before anything reaches a sink.
+"""Checks of the transform's output before anything becomes visible in a sink.
 
 Rule: the output must hold the entity keys and the timestamp field (a timestamp), no null in them, and
 every timestamp inside the run's window [start, end) (the offline store's files own disjoint event-time
 ranges, so a row outside its window would escape the next re-run's replacement). Every partitionBy column
 other than the derived `date` must be an output column, and with an online sink every feature column must
-have a text form. A bad batch is counted, not thrown at once: the error names the column, the count of
-bad rows in the whole output and one example row. Pure: batches in, a verdict out.
+have a text form. The schema is checked before anything runs; the rows are checked by one DuckDB query
+over the staged (still invisible) files, reading only the key and timestamp columns. The error names the
+column, the count of bad rows in the whole output and one example row.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from loom.api.featurepipeline import FeaturePipelineSpec, Window
 from loom.features.errors import bad_input, example_row
@@ -23,92 +24,65 @@ DATE = "date"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass
-class Problem:
-    what: str
-    rows: int = 0
-    example: str = ""
-
-
-@dataclass
-class OutputCheck:
-    """Validates the output batch by batch; `finish()` raises the first problem with its total count."""
-
-    spec: FeaturePipelineSpec
-    window: Window
-    rows: int = 0
-    newest_micros: int | None = None
-    problems: dict[str, Problem] = field(default_factory=dict)
-    _schema: pa.Schema | None = None
-
-    def schema(self, schema: pa.Schema) -> None:
-        """The output's columns: keys, timestamp (a timestamp), partition columns, online text forms."""
-        if self._schema is not None and self._schema.equals(schema):
-            return
-        source = self.spec.source
-        names = ", ".join(schema.names)
-        for column in [*source.entityKeys, source.timestampField]:
-            if schema.get_field_index(column) < 0:
-                raise bad_input(f"transform output has no column {column}; its columns: {names}")
-        ts_type = schema.field(source.timestampField).type
-        if not pa.types.is_timestamp(ts_type):
+def check_schema(schema: pa.Schema, spec: FeaturePipelineSpec) -> None:
+    """The output's columns: keys, timestamp (a timestamp), partition columns, online text forms."""
+    source = spec.source
+    names = ", ".join(schema.names)
+    for column in [*source.entityKeys, source.timestampField]:
+        if schema.get_field_index(column) < 0:
+            raise bad_input(f"transform output has no column {column}; its columns: {names}")
+    ts_type = schema.field(source.timestampField).type
+    if not pa.types.is_timestamp(ts_type):
+        raise bad_input(
+            f"transform output column {source.timestampField} is {ts_type}, not a timestamp "
+            "(for aggregates use e.g. max(ts) AS ts)"
+        )
+    offline = spec.sinks.offline
+    for column in offline.partitionBy if offline else []:
+        if column != DATE and schema.get_field_index(column) < 0:
             raise bad_input(
-                f"transform output column {source.timestampField} is {ts_type}, not a timestamp "
-                "(for aggregates use e.g. max(ts) AS ts)"
+                f"partitionBy column {column} is not a transform output column; its columns: {names}"
             )
-        offline = self.spec.sinks.offline
-        for column in offline.partitionBy if offline else []:
-            if column != DATE and schema.get_field_index(column) < 0:
-                raise bad_input(
-                    f"partitionBy column {column} is not a transform output column; its columns: {names}"
-                )
-        if self.spec.sinks.online is not None:
-            from loom.features.online import check_online
+    if spec.sinks.online is not None:
+        from loom.features.online import check_online
 
-            check_online(self.spec.sinks.online.redis, schema, source.entityKeys, source.timestampField)
-        self._schema = schema
+        check_online(spec.sinks.online.redis, schema, source.entityKeys, source.timestampField)
 
-    def batch(self, batch: pa.RecordBatch) -> bool:
-        """Check one batch; True when it is good (and nothing bad was seen before)."""
-        self.schema(batch.schema)
-        self.rows += batch.num_rows
-        if batch.num_rows == 0:
-            return not self.problems
-        source = self.spec.source
-        for column in [*source.entityKeys, source.timestampField]:
-            self._count(batch, pc.is_null(batch[column]), f"null {column}")
-        ts = batch[source.timestampField]
-        micros = pc.cast(ts, pa.timestamp("us", tz=ts.type.tz), safe=False).cast(pa.int64())
-        lo, hi = to_micros(self.window.start), to_micros(self.window.end)
-        outside = pc.or_kleene(pc.less(micros, lo), pc.greater_equal(micros, hi))
-        self._count(batch, outside, f"{source.timestampField} outside the window")
-        newest = pc.max(micros).as_py()
-        if newest is not None and (self.newest_micros is None or newest > self.newest_micros):
-            self.newest_micros = newest
-        return not self.problems
 
-    def finish(self) -> None:
-        if not self.problems:
-            return
-        parts = [
-            f"{p.rows} {'row' if p.rows == 1 else 'rows'} of the output with {p.what}, e.g. {p.example}"
-            for p in self.problems.values()
-        ]
-        window = f"[{self.window.start.isoformat()}, {self.window.end.isoformat()})"
-        raise bad_input("; ".join(parts).replace("outside the window", f"outside the window {window}"))
+@dataclass(frozen=True)
+class Checked:
+    rows: int
+    newest_micros: int | None
 
-    @property
-    def newest(self) -> datetime | None:
-        return None if self.newest_micros is None else from_micros(self.newest_micros)
 
-    def _count(self, batch: pa.RecordBatch, mask: pa.Array, what: str) -> None:
-        bad = int(pc.sum(pc.cast(pc.fill_null(mask, False), pa.int64())).as_py() or 0)
-        if not bad:
-            return
-        problem = self.problems.setdefault(what, Problem(what))
-        if not problem.example:
-            problem.example = example_row(batch.filter(pc.fill_null(mask, False)).slice(0, 1).to_pylist()[0])
-        problem.rows += bad
+def check_rows(
+    con: Any, files: list[str], spec: FeaturePipelineSpec, window: Window, schema: pa.Schema
+) -> Checked:
+    """Count the output's bad rows in its Parquet files (hive paths included); bad input if any."""
+    if not files:
+        return Checked(rows=0, newest_micros=None)
+    source = spec.source
+    ts = _ident(source.timestampField)
+    aware = schema.field(source.timestampField).type.tz is not None
+    lo, hi = (_time_literal(t, aware) for t in (window.start, window.end))
+    conditions = {f"null {k}": f"{_ident(k)} IS NULL" for k in [*source.entityKeys, source.timestampField]}
+    conditions[f"{source.timestampField} outside the window"] = f"({ts} < {lo} OR {ts} >= {hi})"
+    scan = "read_parquet([" + ", ".join(_literal(f) for f in files) + "], hive_partitioning = true)"
+    counts = ", ".join(f"count(*) FILTER (WHERE {c})" for c in conditions.values())
+    row = con.sql(f"SELECT count(*), epoch_us(max({ts})), {counts} FROM {scan}").fetchall()[0]
+    rows, newest, bad = int(row[0]), row[1], [int(n) for n in row[2:]]
+    problems = []
+    for (what, condition), n in zip(conditions.items(), bad, strict=True):
+        if n:
+            example = con.sql(f"SELECT * FROM {scan} WHERE {condition} LIMIT 1").to_arrow_table().to_pylist()
+            problems.append(
+                f"{n} {'row' if n == 1 else 'rows'} of the output with {what}, e.g. {example_row(example[0])}"
+            )
+    if problems:
+        text = "; ".join(problems)
+        window_text = f"outside the window [{window.start.isoformat()}, {window.end.isoformat()})"
+        raise bad_input(text.replace("outside the window", window_text))
+    return Checked(rows=rows, newest_micros=None if newest is None else int(newest))
 
 
 def to_micros(value: datetime) -> int:
@@ -118,3 +92,16 @@ def to_micros(value: datetime) -> int:
 
 def from_micros(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=micros)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _time_literal(value: datetime, aware: bool) -> str:
+    text = f"{value.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"
+    return f"TIMESTAMPTZ '{text}+00'" if aware else f"TIMESTAMP '{text}'"
