@@ -252,6 +252,8 @@ def entity_field(name: str, t: pa.DataType, declared: FeastEntityType | None) ->
         or pa.types.is_binary_view(t)
     )
     inferred = INT32 if narrow else INT64 if wide else STRING if text else BYTES if raw else None
+    if declared is not None:
+        declared = FeastEntityType(declared)  # the API model keeps enum values as plain strings
     if declared is None:
         if inferred is None:
             raise bad_input(
