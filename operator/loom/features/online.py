@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
@@ -29,7 +30,8 @@ from loom.api.featurepipeline import OnlineFormat, RedisSink
 from loom.features.errors import PipelineError, bad_input, one_line, unavailable
 
 CHUNK_ENTITIES = 512
-MAX_IN_FLIGHT = 32
+MAX_IN_FLIGHT = 128
+ENCODE_ROWS = 64 * 1024
 TS_PREFIX = "_ts:"
 
 # KEYS: the chunk's entity keys. ARGV: ts field, ttl ms (0: none), then per entity:
@@ -217,6 +219,13 @@ def _flat(values: pa.LargeBinaryArray) -> tuple[np.ndarray[Any, np.dtype[np.int6
     return offsets, memoryview(buffers[2] if buffers[2] is not None else b"")
 
 
+def _bounded(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Non-empty batches of at most ENCODE_ROWS rows (the encoding's memory is per batch)."""
+    for batch in batches:
+        for start in range(0, batch.num_rows, ENCODE_ROWS):
+            yield batch.slice(start, ENCODE_ROWS)
+
+
 def redacted(url: str) -> str:
     """The URL without its password, for messages."""
     parts = urlsplit(url)
@@ -267,25 +276,37 @@ class RedisWriter:
             self._conn = self._client.connection_pool.get_connection()
 
     def write(self, data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch]) -> int:
-        """Write every row; rows older than the stored entity are skipped. Returns rows written."""
+        """Write every row; rows older than the stored entity are skipped. Returns rows written.
+
+        The next batch is encoded on a helper thread (pyarrow.compute releases the GIL) while this one's
+        chunks are sent, so Redis always has up to MAX_IN_FLIGHT chunks queued."""
         self.connect()
         if isinstance(data, pa.Table):
-            batches: Iterable[pa.RecordBatch] = data.to_batches()
+            batches: Iterable[pa.RecordBatch] = data.to_batches(max_chunksize=ENCODE_ROWS)
         elif isinstance(data, pa.RecordBatch):
             batches = [data]
         else:
             batches = data
         written = 0
-        with self._errors():
-            for batch in batches:
-                if batch.num_rows == 0:
-                    continue
-                for command in self._commands(batch):
-                    self._conn.send_packed_command(command, check_health=False)
-                    self._in_flight.append(1)
-                    if len(self._in_flight) > MAX_IN_FLIGHT:
-                        written += self._read_one()
+        with self._errors(), ThreadPoolExecutor(1, thread_name_prefix="loom-encode") as pool:
+            pending: Future[Iterator[list[Any]]] | None = None
+            for batch in _bounded(batches):
+                encoding = pool.submit(self._commands, batch)
+                if pending is not None:
+                    written += self._send(pending.result())
+                pending = encoding
+            if pending is not None:
+                written += self._send(pending.result())
             while self._in_flight:
+                written += self._read_one()
+        return written
+
+    def _send(self, commands: Iterator[list[Any]]) -> int:
+        written = 0
+        for command in commands:
+            self._conn.send_packed_command(command, check_health=False)
+            self._in_flight.append(1)
+            if len(self._in_flight) > MAX_IN_FLIGHT:
                 written += self._read_one()
         return written
 
