@@ -17,6 +17,11 @@ RECONCILE_SECONDS = Histogram(
     ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+OPERATOR_ACTIVE = Gauge(
+    "loom_operator_active",
+    "1 while this replica acts; 0 while Kopf peering pauses it for another replica.",
+)
+OPERATOR_ACTIVE.set(1)
 RESOURCES_BY_PHASE = Gauge("loom_resources", "Loom resources by kind and phase.", ["kind", "phase"])
 
 # InferenceService: desired vs actual replicas, and what the autoscaler and health checks did.

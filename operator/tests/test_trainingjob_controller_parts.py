@@ -11,6 +11,7 @@ from test_trainingjob_factories import T0, at, make_job, make_pod
 
 from loom.builders.trainingjob import desired_pods
 from loom.builders.trainingjob_gang import GpuPod, Node, free_gpus
+from loom.controllers.activity import Activity
 from loom.controllers.trainingjob_observe import Expectations, slim_pod
 from loom.controllers.trainingjob_queue import WorkQueue
 
@@ -137,3 +138,54 @@ def test_pods_admitted_as_they_are_created_take_gpus_before_the_watch_shows_them
     exp.reserve(GpuPod("ns", "b-0", None, 4), T0)
     exp.cancel_ungated("ns", "b-0")
     assert exp.reservations(set(), at(1)) == []
+
+
+def test_work_queue_holds_its_keys_while_the_operator_is_paused() -> None:
+    """Kopf pauses the operator under peering; the queue's workers and timers run outside Kopf, so
+    they ask the activity gate: nothing is handled while paused, everything queued is after."""
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        seen: list[str] = []
+        activity = Activity(standalone=False)
+        activity.hold()  # Kopf runs the operator (its peering daemon)
+
+        async def handler(key: str) -> float | None:
+            seen.append(key)
+            return 0.05 if key == "timer" and seen.count("timer") == 1 else None
+
+        queue: WorkQueue[str] = WorkQueue(handler, workers=2, activity=activity)
+        queue.start()
+        queue.add("timer")
+        await asyncio.sleep(0.02)
+        activity.release()  # Kopf paused it: the timer of "timer" fires meanwhile
+        queue.add("event")
+        await asyncio.sleep(0.2)
+        during = list(seen)
+        activity.hold()  # active again
+        await asyncio.sleep(0.1)
+        after = list(seen)
+        activity.release()
+        queue.add("late")
+        await asyncio.sleep(0.05)
+        await queue.stop()
+        return during, after, list(seen)
+
+    during, after, final = asyncio.run(scenario())
+    assert during == ["timer"]
+    assert sorted(after) == ["event", "timer", "timer"]
+    assert "late" not in final
+
+
+def test_activity_counts_kopf_daemons_and_is_always_active_standalone() -> None:
+    assert Activity().active
+    peered = Activity(standalone=False)
+    assert not peered.active
+    peered.hold()
+    peered.hold()  # one daemon per peering object (a namespace each)
+    peered.release()
+    assert peered.active
+    peered.release()
+    peered.release()  # never below zero
+    assert not peered.active
+    peered.hold()
+    assert peered.active

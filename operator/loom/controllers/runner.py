@@ -10,6 +10,8 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from loom.controllers.activity import ACTIVITY, FINALIZER, peering_daemon
+
 CONTROLLER_MODULES = (
     "loom.controllers.trainingjob",
     "loom.controllers.inferenceservice",
@@ -33,7 +35,7 @@ def load_controllers() -> list[str]:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.finalizer = "loom.ml/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="loom.ml")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="loom.ml")
     settings.posting.level = logging.WARNING
@@ -43,6 +45,24 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 60
 
 
+def watch_peering(name: str, clusterwide: bool) -> None:
+    """Hold `ACTIVITY` open exactly while Kopf runs this replica: through a daemon on the peering
+    objects named `name`, which Kopf stops when it pauses the operator and restarts after."""
+    ACTIVITY.standalone = False
+    ACTIVITY.release()  # reports 0 until Kopf starts the first daemon
+    plural = "clusterkopfpeerings" if clusterwide else "kopfpeerings"
+    kopf.daemon("kopf.dev", "v1", plural, id="loom-activity", when=_named(name), cancellation_timeout=10.0)(
+        peering_daemon
+    )
+
+
+def _named(wanted: str) -> Any:
+    def when(name: str, **_: Any) -> bool:
+        return name == wanted
+
+    return when
+
+
 def run(*, namespaces: list[str], metrics_port: int, peering: str | None, liveness_port: int = 8081) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Kopf logs every handler run per object at INFO: at hundreds of pods a second that is most of the
@@ -50,6 +70,8 @@ def run(*, namespaces: list[str], metrics_port: int, peering: str | None, livene
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     loaded = load_controllers()
     logging.getLogger("loom").info("controllers: %s", ", ".join(loaded))
+    if peering is not None:
+        watch_peering(peering, clusterwide=not namespaces)
     if metrics_port:
         start_http_server(metrics_port)
     asyncio.run(

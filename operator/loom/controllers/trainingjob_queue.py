@@ -3,6 +3,9 @@ delayed re-adds, and per-key exponential backoff after errors.
 
 Events only say "look at this key again"; the worker always reads the latest observed state, so a
 burst of a hundred pod events for one job costs one or two reconciles, not a hundred.
+
+Workers take a key only while `activity` is open (by default the operator's: closed while Kopf
+pauses it under peering); keys added meanwhile, by events or timers, wait in the queue.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
+
+from loom.controllers.activity import ACTIVITY, Activity
 
 K = TypeVar("K", bound=Hashable)
 log = logging.getLogger(__name__)
@@ -25,8 +30,10 @@ class WorkQueue(Generic[K]):
         base_backoff: float = 0.5,
         max_backoff: float = 60.0,
         on_error: Callable[[K, BaseException], None] | None = None,
+        activity: Activity = ACTIVITY,
     ) -> None:
         self._handler = handler
+        self._activity = activity
         self._workers = workers
         self._base_backoff, self._max_backoff = base_backoff, max_backoff
         self._on_error = on_error
@@ -89,7 +96,11 @@ class WorkQueue(Generic[K]):
     async def _work(self) -> None:
         assert self._queue is not None
         while True:
+            await self._activity.wait_active()
             key = await self._queue.get()
+            if not self._activity.active:  # paused while this worker waited for a key
+                self._queue.put_nowait(key)
+                continue
             self._queued.discard(key)
             self._active.add(key)
             delay: float | None

@@ -1,0 +1,164 @@
+"""Two operator processes with Kopf peering (equal priorities: Kopf pauses both): while paused, no
+controller of either writes anything, not even work queued before the pause; when the other
+replica leaves, the remaining one resumes and catches up."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.support import Operator, apply_yaml, get_cr, kubectl, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+PEERING = "loom-e2e"
+PEERING_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: kopfpeerings.kopf.dev}
+spec:
+  scope: Namespaced
+  group: kopf.dev
+  names: {kind: KopfPeering, plural: kopfpeerings, singular: kopfpeering}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          status: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"""
+
+
+def _sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})? (\S+)$", line)
+        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def writes(op: Operator) -> dict[str, float]:
+    """What an operator did, from its own /metrics: API requests and reconciles per kind."""
+    text = op.metrics()
+    return {
+        "api requests": _sum(text, "loom_api_requests_total"),
+        "TrainingJob reconciles": _sum(text, "loom_reconcile_seconds_count", kind="TrainingJob"),
+        "InferenceService reconciles": _sum(text, "loom_reconcile_seconds_count", kind="InferenceService"),
+    }
+
+
+@pytest.fixture
+def peers(kubeconfig: str, namespace: str, tmp_path: Path) -> Iterator[tuple[Operator, Operator]]:
+    kubectl("apply", "--server-side", "-f", "-", input=PEERING_CRD)
+    kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    apply_yaml({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}, namespace)
+    args = ["--namespace", namespace, "--peering", PEERING]
+    a = Operator(tmp_path / "a.log", env={"KUBECONFIG": kubeconfig}, args=args)
+    b = Operator(tmp_path / "b.log", env={"KUBECONFIG": kubeconfig}, args=args)
+    try:
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()
+        # Loom's finalizers (Kopf's, for daemons and timers) need an operator: release them here.
+        for kind in ("inferenceservices.loom.ml", f"kopfpeerings.kopf.dev/{PEERING}"):
+            for obj in kubectl("get", kind, "-n", namespace, "-o", "name", check=False).split():
+                kubectl(
+                    "patch",
+                    obj,
+                    "-n",
+                    namespace,
+                    "--type=merge",
+                    "-p",
+                    '{"metadata":{"finalizers":null}}',
+                    check=False,
+                )
+
+
+def stuck_job(name: str) -> dict[str, object]:
+    """A gang that never fits (9 GPUs a pod, on 8-GPU nodes), released after 15 s."""
+    container = {"name": "t", "image": "pytorch", "resources": {"limits": {"nvidia.com/gpu": 9}}}
+    template = {"spec": {"terminationGracePeriodSeconds": 0, "containers": [container]}}
+    return {
+        "apiVersion": "loom.ml/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "replicaSpecs": {"worker": {"replicas": 2, "restartPolicy": "OnFailure", "template": template}},
+            "runPolicy": {"schedulingTimeoutSeconds": 15},
+        },
+    }
+
+
+IDLE_SERVICE = {
+    "apiVersion": "loom.ml/v1alpha1",
+    "kind": "InferenceService",
+    "metadata": {"name": "idle"},
+    "spec": {
+        "model": {"uri": "https://models.example.com/m.safetensors", "sizeLimit": "1Gi"},
+        "predictor": {"template": {"spec": {"containers": [{"name": "server", "image": "x"}]}}},
+        "replicas": 0,
+        "minReplicas": 0,
+        "scaling": {"autoscaler": "external"},
+    },
+}
+
+
+def finalizers(namespace: str) -> list[str]:
+    peering = json.loads(kubectl("get", "kopfpeering", PEERING, "-n", namespace, "-o", "json"))
+    return list(peering["metadata"].get("finalizers") or [])
+
+
+def attempt(namespace: str, name: str) -> int:
+    st = (get_cr("trainingjobs", namespace, name) or {}).get("status") or {}
+    return int(st.get("attempt") or 0)
+
+
+def test_a_paused_replica_does_nothing_until_it_is_active_again(
+    peers: tuple[Operator, Operator], namespace: str
+) -> None:
+    a, b = peers
+    a.start()
+    apply_yaml(stuck_job("stuck"), namespace)
+    apply_yaml(IDLE_SERVICE, namespace)
+    reason = lambda: (get_cr("trainingjobs", namespace, "stuck") or {}).get("status") or {}  # noqa: E731
+    wait_for(
+        lambda: any(c.get("reason") == "WaitingForCapacity" for c in reason().get("conditions", [])),
+        what="the gang waiting for capacity (a gang-timeout timer queued in operator A)",
+    )
+    wait_for(lambda: writes(a)["InferenceService reconciles"] > 0, what="A ticking the InferenceService")
+    created = time.monotonic()
+    wait_for(lambda: "loom.ml/finalizer" in finalizers(namespace), what="Kopf's finalizer (for the daemon)")
+
+    b.start()  # the same priority: Kopf pauses both
+    wait_for(lambda: "Pausing all operators" in a.logs(), timeout=60, what="Kopf pausing A")
+    wait_for(lambda: "Possibly conflicting operators" in b.logs(), timeout=60, what="B starting paused")
+    wait_for(lambda: "loom_operator_active 0.0" in a.metrics(), timeout=10, what="A reporting itself paused")
+    time.sleep(1)  # work in flight when the pause came ends
+    paused = writes(a)
+    time.sleep(max(0.0, created + 15 + 5 - time.monotonic()))  # past the gang timeout A had queued
+    assert writes(a) == paused, "operator A acted while Kopf had paused it"
+    assert writes(b)["api requests"] == 0, "operator B acted while Kopf had paused it"
+    assert attempt(namespace, "stuck") == 0
+
+    b.stop()  # B leaves the peering: A resumes and catches up with the gang timeout
+    wait_for(lambda: "loom_operator_active 1.0" in a.metrics(), timeout=60, what="A active again")
+    wait_for(lambda: attempt(namespace, "stuck") == 1, timeout=30, what="A releasing the timed-out gang")
+    wait_for(
+        lambda: writes(a)["InferenceService reconciles"] > paused["InferenceService reconciles"], what="ticks"
+    )
+    kubectl("delete", "inferenceservice", "idle", "-n", namespace, "--wait=false")
+    wait_for(lambda: get_cr("inferenceservices", namespace, "idle") is None, what="A releasing its service")
+
+    a.stop()  # the last replica leaves the peering object deletable without an operator
+    assert "loom.ml/finalizer" not in finalizers(namespace)
