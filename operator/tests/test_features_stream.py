@@ -25,7 +25,9 @@ import pytest
 import yaml
 
 from loom.api.featurepipeline import FeaturePipeline
+from loom.features.offline import OfflineStore
 from loom.features.stream import serve
+from loom.features.stream_batch import Sinks, run_batch
 from loom.features.stream_commit import Committer, journal_key
 from loom.features.stream_decode import decode
 
@@ -39,8 +41,16 @@ FAST = {"LOOM_STREAM_CLAIM_IDLE": "2s", "LOOM_STREAM_REPORT_EVERY": "1s", "LOOM_
 
 
 def pipeline(
-    tmp_path: Path, redis_url: str, *, batch_size: int = 250, max_latency: str = "100ms"
+    tmp_path: Path,
+    redis_url: str,
+    *,
+    batch_size: int = 250,
+    max_latency: str = "100ms",
+    offline: bool = True,
 ) -> FeaturePipeline:
+    sinks: dict[str, Any] = {"online": {"redis": {"url": redis_url, "keyPrefix": "user:"}}}
+    if offline:
+        sinks["offline"] = {"path": str(tmp_path / "features"), "partitionBy": ["date"]}
     return FeaturePipeline.model_validate(
         {
             "metadata": {"name": "clicks", "namespace": "default"},
@@ -53,10 +63,7 @@ def pipeline(
                 },
                 "transform": {"sql": ROWWISE_SQL},
                 "streaming": {"consumers": 3, "batchSize": batch_size, "maxLatency": max_latency},
-                "sinks": {
-                    "offline": {"path": str(tmp_path / "features"), "partitionBy": ["date"]},
-                    "online": {"redis": {"url": redis_url, "keyPrefix": "user:"}},
-                },
+                "sinks": sinks,
             },
         }
     )
@@ -367,6 +374,40 @@ def test_a_commit_cut_short_before_its_renames_is_rolled_forward_by_the_next_con
     assert summary["rows_in"] == 0  # nothing left to read: b only finished a's commit
     assert offline_event_ids(tmp_path) == list(range(len(evs)))
     assert not list((tmp_path / "features" / ".loom-staging").glob("stream-*"))
+
+
+def test_a_micro_batch_with_an_entry_claimed_away_meanwhile_is_not_committed(
+    tmp_path: Path, redis_db: Any, redis_url: str
+) -> None:
+    p = pipeline(tmp_path, redis_url)
+    redis_db.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    produce(redis_db, events(10, 3))
+    entries = redis_db.xreadgroup(GROUP, "slow", {STREAM: ">"}, count=10)[0][1]
+    redis_db.xclaim(STREAM, GROUP, "fast", 0, [entries[3][0]])  # "slow" took too long: "fast" claimed one
+    assert p.spec.sinks.offline is not None
+    store = OfflineStore(p.spec.sinks.offline, "event_time")
+    committer = Committer(
+        redis_db, stream=STREAM, group=GROUP, consumer="slow", pipeline="clicks", store=store
+    )
+
+    result = run_batch(entries, pipeline=p, sinks=Sinks(store=store, writer=None, committer=committer))
+
+    assert not result.committed
+    assert pending_of(redis_db, "slow") == 9 and pending_of(redis_db, "fast") == 1  # nothing acked
+    assert offline_event_ids(tmp_path) == []  # the entries' rows come from whoever commits them
+    assert not list((tmp_path / "features" / ".loom-staging").glob("stream-*"))
+    assert redis_db.hlen(journal_key(STREAM, GROUP)) == 0 and redis_db.xlen(f"{STREAM}:dead") == 0
+
+
+def test_an_online_only_pipeline_writes_redis_and_acks(tmp_path: Path, redis_db: Any, redis_url: str) -> None:
+    evs = events(300, 40)
+    produce(redis_db, evs)
+
+    summary = _serve_until(pipeline(tmp_path, redis_url, offline=False), drained(redis_db, len(evs)))
+
+    assert summary["rows_out"] == len(evs) and summary["offline_files"] == 0
+    assert online_state(redis_db) == expected_online(evs)
+    assert not (tmp_path / "features").exists()
 
 
 def test_entries_decode_to_typed_rows_vectorized() -> None:

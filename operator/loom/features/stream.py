@@ -24,77 +24,30 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from loom.api.featurepipeline import FeaturePipeline, parse_duration
+from loom.api.featurepipeline import FeaturePipeline
 from loom.features.config import pipeline_name
 from loom.features.errors import PipelineError, bad_input, one_line, unavailable
 from loom.features.offline import OfflineStore
 from loom.features.online import redacted
 from loom.features.partition import open_writer
 from loom.features.stream_batch import Sinks, StreamEntry, check_transform, run_batch
-from loom.features.stream_commit import Committer
+from loom.features.stream_commit import Committer, id_order
 from loom.features.stream_report import Metrics, Totals
+from loom.features.stream_settings import Settings, settings
 
 log = logging.getLogger("loom.features.stream")
 
-ENV_POD_NAME = "POD_NAME"
-ENV_CLAIM_IDLE = "LOOM_STREAM_CLAIM_IDLE"
-ENV_REPORT_EVERY = "LOOM_STREAM_REPORT_EVERY"
-ENV_MAX_DELIVERIES = "LOOM_STREAM_MAX_DELIVERIES"
-ENV_METRICS_PORT = "LOOM_METRICS_PORT"
-DEFAULT_CLAIM_IDLE = "30s"
-DEFAULT_REPORT_EVERY = "10s"
-DEFAULT_MAX_DELIVERIES = 5
 TICK_SECONDS = 1.0  # the longest BLOCK: how soon a signal or a periodic task is noticed
 IDLE_CONSUMER_SECONDS = 3600
 SWEEP_EVERY_SECONDS = 60
 _TRANSIENT = ("OOM", "BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
-
-
-@dataclass(frozen=True)
-class Settings:
-    url: str
-    stream: str
-    group: str
-    consumer: str
-    batch_size: int
-    max_latency: float
-    claim_idle: float
-    report_every: float
-    max_deliveries: int
-    metrics_port: int | None
-
-
-def settings(pipeline: FeaturePipeline, consumer: str | None, env: Mapping[str, str]) -> Settings:
-    """What this consumer is told: the spec, then --consumer / env; bad input names what is wrong."""
-    source = pipeline.spec.source.redisStream
-    if source is None:
-        raise bad_input(
-            f"pipeline {pipeline_name(pipeline)}: loom features stream reads source.redisStream; this "
-            "pipeline has none (a source.parquet pipeline runs windows: loom features run)"
-        )
-    streaming = pipeline.spec.streaming
-    name = consumer or env.get(ENV_POD_NAME) or socket.gethostname()
-    return Settings(
-        url=source.url,
-        stream=source.stream,
-        group=source.group,
-        consumer=name,
-        batch_size=streaming.batchSize,
-        max_latency=_seconds(streaming.maxLatency, "streaming.maxLatency"),
-        claim_idle=max(0.05, _seconds(env.get(ENV_CLAIM_IDLE) or DEFAULT_CLAIM_IDLE, ENV_CLAIM_IDLE)),
-        report_every=_seconds(env.get(ENV_REPORT_EVERY) or DEFAULT_REPORT_EVERY, ENV_REPORT_EVERY),
-        max_deliveries=_int(env, ENV_MAX_DELIVERIES, DEFAULT_MAX_DELIVERIES),
-        metrics_port=_int(env, ENV_METRICS_PORT, 0) or None,
-    )
 
 
 def serve(
@@ -266,12 +219,15 @@ class Consumer:
         """How many times each of these (own, pending) entries was delivered."""
         if not ids:
             return {}
+        lo, hi = min(ids, key=id_order), max(ids, key=id_order)
+        count = len(ids) * 2 + 100
         rows = self.client.xpending_range(
-            self.s.stream, self.s.group, min(ids), max(ids), len(ids) * 2 + 100, consumername=self.s.consumer
+            self.s.stream, self.s.group, lo, hi, count, consumername=self.s.consumer
         )
         return {r["message_id"]: int(r["times_delivered"]) for r in rows}
 
     def process(self, entries: list[StreamEntry], deliveries: Mapping[bytes, int] | None = None) -> None:
+        started = time.monotonic()
         result = run_batch(
             entries,
             pipeline=self.pipeline,
@@ -279,6 +235,16 @@ class Consumer:
             deliveries=deliveries,
             max_deliveries=self.s.max_deliveries,
         )
+        took = time.monotonic() - started
+        if took > self.s.claim_idle / 2:
+            log.warning(
+                "a micro-batch of %d entries took %.1fs, over half the claim idle time (%.1fs): other "
+                "consumers may claim entries still in flight (harmless, but work done twice); raise "
+                "LOOM_STREAM_CLAIM_IDLE or lower streaming.batchSize",
+                len(entries),
+                took,
+                self.s.claim_idle,
+            )
         t = self.totals
         t.online_written += result.online_written
         if not result.committed:
@@ -352,23 +318,6 @@ class Consumer:
             return []
         entries: list[StreamEntry] = reply[0][1]
         return entries
-
-
-def _seconds(text: str, what: str) -> float:
-    try:
-        return parse_duration(text).total_seconds()
-    except ValueError as exc:
-        raise bad_input(f"{what}: {exc}") from exc
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    text = env.get(name)
-    if not text:
-        return default
-    try:
-        return int(text)
-    except ValueError as exc:
-        raise bad_input(f"{name}={text!r} is not an integer") from exc
 
 
 def _text(value: Any) -> str:

@@ -29,7 +29,7 @@ from loom.features.errors import BadInputError, bad_input
 from loom.features.offline import OfflineStore
 from loom.features.online import RedisWriter
 from loom.features.partition import ComputedPartition, compute_partition, write_online
-from loom.features.stream_commit import Batch, Committer, DeadLetter, final_name
+from loom.features.stream_commit import Batch, Committer, DeadLetter, final_name, id_order
 from loom.features.stream_decode import decode
 
 # A stream has no window: a micro-batch runs as the window of every event time it may carry.
@@ -188,7 +188,7 @@ def run_batch(
         finally:
             computed.discard()
         if store is not None and computed.staged:
-            first = min(ids, key=_id_order)
+            first = min(ids, key=id_order)
             prefix = f"{store.staging(run_id)}/"[len(store.root) + 1 :]
             moves = [(prefix + s, final_name(s, first, token, i)) for i, s in enumerate(computed.staged)]
     except BaseException:
@@ -213,8 +213,3 @@ def run_batch(
         dead=len(dead),
         newest_micros=computed.newest_micros,
     )
-
-
-def _id_order(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)

@@ -97,6 +97,12 @@ def dead_key(stream: str) -> str:
     return f"{stream}:dead"
 
 
+def id_order(entry_id: bytes) -> tuple[int, int]:
+    """A stream entry ID (`<ms>-<seq>`) as the pair Redis orders entries by."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
 def final_name(staged: str, first_id: bytes, token: str, part: int) -> str:
     """`<dirs>/s<first entry id>-<token>-<part>.parquet` for a staged `<part dir>/<dirs>/<file>` path."""
     parts = PurePosixPath(staged).parts
