@@ -410,6 +410,41 @@ def test_an_online_only_pipeline_writes_redis_and_acks(tmp_path: Path, redis_db:
     assert not (tmp_path / "features").exists()
 
 
+@pytest.mark.parametrize(
+    ("change", "exit_code", "message"),
+    [
+        pytest.param(
+            {"source": {"parquet": {"path": "/data"}, "timestampField": "event_time", "entityKeys": ["u"]}},
+            65,
+            "loom features stream reads source.redisStream",
+            id="a-batch-pipeline",
+        ),
+        pytest.param({"transform": {"sql": "SELEC user_id FROM source"}}, 65, "syntax error", id="bad-sql"),
+        pytest.param({"url": "redis://127.0.0.1:1/0"}, 69, "unreachable", id="redis-down"),
+    ],
+)
+def test_what_cannot_run_exits_before_reading_with_the_reason(
+    tmp_path: Path, redis_url: str, change: dict[str, Any], exit_code: int, message: str
+) -> None:
+    spec = pipeline(tmp_path, redis_url).model_dump(mode="json", exclude_none=True)
+    if "url" in change:
+        spec["spec"]["source"]["redisStream"]["url"] = change["url"]
+    else:
+        spec["spec"].update(change)
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps(spec))
+    proc = subprocess.run(
+        [sys.executable, "-m", "loom.cli", "features", "stream", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == exit_code, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["exit_code"] == exit_code and message in summary["error"]
+
+
 def test_entries_decode_to_typed_rows_vectorized() -> None:
     entries = [
         {b"user_id": b"1", b"event_time": b"2026-11-01T10:00:00Z", b"x": b"a"},

@@ -245,11 +245,11 @@ class Consumer:
                 took,
                 self.s.claim_idle,
             )
-        t = self.totals
-        t.online_written += result.online_written
         if not result.committed:
             self.reread = True
             return
+        t = self.totals
+        t.online_written += result.online_written
         t.batches += 1
         t.rows_in += result.entries
         t.rows_out += result.rows_out

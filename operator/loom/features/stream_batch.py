@@ -206,7 +206,7 @@ def run_batch(
         store.abort(run_id)
     return BatchResult(
         committed=True,
-        entries=len(live),
+        entries=len(ids),
         rows_out=computed.rows_out,
         online_written=written,
         offline_files=files,

@@ -3,12 +3,12 @@
 Rule: the totals count committed micro-batches only (an entry is counted by the consumer that committed
 it). A progress line (`"progress": true`) goes to stdout every `LOOM_STREAM_REPORT_EVERY` (default 10s);
 the final summary, without `progress`, is the last stdout line and the termination message (the CLI prints
-it). Keys: consumer, stream, group, rows_in (entries read and committed), rows_out (rows written to the
-sinks), online_written (entities written to Redis), offline_files, dead_letters, claimed (entries taken
-over from other consumers), batches, newest_event (RFC 3339 or null), freshness_seconds (now minus
-newest_event), lag (entries of the stream not yet delivered to the group, from XINFO GROUPS; null when Redis
-does not know), pending (delivered, not yet acked, whole group), seconds. With env LOOM_METRICS_PORT the
-consumer serves `loom_feature_rows_written_total`, `loom_feature_freshness_seconds`,
+it). Keys: consumer, stream, group, rows_in (entries committed, dead letters included), rows_out (rows
+written to the sinks), online_written (entities written to Redis), offline_files, dead_letters, claimed
+(entries taken over from other consumers), batches, newest_event (RFC 3339 or null), freshness_seconds (now
+minus newest_event), lag (entries of the stream not yet delivered to the group, from XINFO GROUPS; null when
+Redis does not know), pending (delivered, not yet acked, whole group), seconds. With env LOOM_METRICS_PORT
+the consumer serves `loom_feature_rows_written_total`, `loom_feature_freshness_seconds`,
 `loom_feature_stream_dead_letters_total` and `loom_feature_stream_lag_entries`, labels namespace and name.
 """
 
