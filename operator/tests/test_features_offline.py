@@ -235,3 +235,21 @@ def test_partition_by_an_output_column(tmp_path: Path) -> None:
     s = store(tmp_path, partition_by=("tag", "date"))
     run(s, win(0, 1), events([0.5], "a"), "r1")
     assert s.list_files() == [f"tag=a/date=2026-11-01/{file_name(at(0), at(1), 0)}"]
+
+
+def test_a_filesystem_other_than_local_stages_through_a_local_copy(tmp_path: Path) -> None:
+    """An object store (here any pyarrow filesystem that is not LocalFileSystem): DuckDB writes to TMPDIR,
+    the files are uploaded into the staging, the commit moves them with the filesystem's own calls."""
+    import pyarrow.fs as pafs
+
+    s = store(tmp_path)
+    s.fs = pafs.SubTreeFileSystem("/", pafs.LocalFileSystem())
+    s.root = str(tmp_path / "out").lstrip("/")
+    table = events([0.5, 1.5], "remote")
+    target = s.target("r1", "p00000")
+    assert not target.startswith(str(tmp_path))
+    staged = s.stage("r1", "p00000", table.schema, table.to_batches())
+    assert (tmp_path / "out" / STAGING / "r1" / staged[0]).exists()
+    s.commit("r1", win(0, 2), staged)
+    assert read(tmp_path) == [(0.5, "remote"), (1.5, "remote")]
+    assert not (tmp_path / "out" / STAGING / "r1").exists()

@@ -201,3 +201,10 @@ def test_encoding_builds_one_evalsha_per_chunk() -> None:
     assert chunks[0].startswith(b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n" % (3 + 2 + 2 + 2 * 6))
     assert b"$3\r\nu:0\r\n$3\r\nu:1\r\n$5\r\n_ts:p\r\n$1\r\n5\r\n" in chunks[0]
     assert chunks[2].count(b"u:") == 1
+
+
+def test_encoding_works_on_bounded_slices_of_any_batch() -> None:
+    n = 3 * online.ENCODE_ROWS + 5
+    big = pa.record_batch([pa.array(np.arange(n))], names=["user_id"])
+    sizes = [b.num_rows for b in online._bounded([big, big.slice(0, 0)])]
+    assert sum(sizes) == n and max(sizes) == online.ENCODE_ROWS

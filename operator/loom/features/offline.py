@@ -5,16 +5,17 @@ Layout: `<path>/<col>=<value>/.../w<start>-<end>-<part>.parquet` (times `%Y%m%dT
 columns live in the path, not in the files. A file's name is the event-time window that produced it.
 
 Rule: a run owns its window [start, end). DuckDB writes its files (`COPY ... PARTITION_BY`, in parallel)
-under `<path>/.loom-staging/<run-id>/<part>/` (written locally and uploaded on object stores; pyarrow and
-DuckDB ignore `.` names, so readers never see them). The commit point is the journal
-`<run-id>/COMMIT`, written atomically once every file is staged: it lists the moves (staged -> final name)
-and the removals (files inside the window, and files overlapping it, which were first rewritten without the
-window's rows into staged files named for what is left of their range). Rolling a journal forward is
-idempotent, so an interrupted commit is finished by the next run on the dataset; a run that fails before
-its journal removes its staging and the dataset is as it was. Re-running a window replaces its files and
-never duplicates rows. Commits on a local filesystem hold an flock; on object stores one writer per
-dataset at a time is the caller's promise (the controller's windows of one pipeline do not overlap in
-flight). `plan_commit` is the pure decision; the rest does the I/O with pyarrow.fs and DuckDB.
+under `<path>/.loom-staging/<run-id>/<part>/` (written locally and uploaded on object stores; pyarrow's
+dataset discovery and Loom's own source listing skip `.` names, so readers never see them). The commit
+point is the journal `<run-id>/COMMIT`, written atomically once every file is staged: it lists the moves
+(staged -> final name) and the removals (files inside the window, and files overlapping it, which were
+first rewritten without the window's rows into staged files named for what is left of their range).
+Rolling a journal forward is idempotent, so an interrupted commit is finished by the next run on the
+dataset; a run that fails before its journal removes its staging and the dataset is as it was.
+Re-running a window replaces its files and never duplicates rows. Commits on a local filesystem hold an
+flock; on object stores one writer per dataset at a time is the caller's promise (the controller's
+windows of one pipeline do not overlap in flight). `plan_commit` is the pure decision; the rest does the
+I/O with pyarrow.fs and DuckDB.
 """
 
 from __future__ import annotations
