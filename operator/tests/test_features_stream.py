@@ -234,7 +234,7 @@ def test_consumers_share_the_stream_and_the_entries_of_a_killed_one_are_claimed(
     tmp_path: Path, redis_db: Any, redis_url: str, consumers: list[Consumer]
 ) -> None:
     evs = events(20_000, 500)
-    path = write(pipeline(tmp_path, redis_url), tmp_path)
+    path = write(pipeline(tmp_path, redis_url, batch_size=500), tmp_path)
     consumers += [Consumer(path, name) for name in ("c1", "c2", "c3")]
     producer = threading.Thread(target=produce, args=(redis_db, evs), kwargs={"pause": 0.1})
     producer.start()
