@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +155,44 @@ def test_the_operator_commands_do_not_load_the_data_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+SLOW_TRANSFORM = """
+import os, time
+from pathlib import Path
+
+def features(table):
+    Path(os.environ["LOOM_TEST_MARKER"]).write_text("started")
+    time.sleep(120)
+    return table
+"""
+
+
+def test_sigterm_mid_run_leaves_the_dataset_as_it_was(
+    tmp_path: Path, fp_pipeline: Any, fp_events: Any
+) -> None:
+    fp_events(events())
+    (tmp_path / "loom_test_slow.py").write_text(SLOW_TRANSFORM)
+    path = write(fp_pipeline(sql="SELECT user_id, event_time FROM source"), tmp_path)
+    assert loom("-f", str(path), "--start", START, "--end", END)[0] == 0
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "features").rglob("*.parquet"))
+    path = write(fp_pipeline(python="loom_test_slow:features"), tmp_path)
+    marker = tmp_path / "started"
+    proc = subprocess.Popen(
+        [LOOM, "features", "run", "-f", str(path), "--start", START, "--end", END],
+        cwd=tmp_path,
+        env={**os.environ, "LOOM_TEST_MARKER": str(marker)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    for _ in range(600):
+        if marker.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert marker.exists(), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "features").rglob("*.parquet"))
+    assert after == before
+    staging = tmp_path / "features" / ".loom-staging"
+    assert [p.name for p in staging.iterdir()] == [".lock"]

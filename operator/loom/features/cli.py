@@ -9,6 +9,7 @@ happen inside the commands, so `loom run` and `loom crds` never load them.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -59,6 +60,8 @@ def add_commands(commands: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     state: dict[str, Any] = {}
+    # A deleted pod gets SIGTERM: unwind (the staging is removed, the dataset stays as it was), exit 143.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     def body() -> dict[str, Any]:
         from loom.features.config import load_pipeline, make_window
