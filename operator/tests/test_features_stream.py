@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from loom.api.featurepipeline import FeaturePipeline
+from loom.builders.featurepipeline import Images, desired_stream
 from loom.features.offline import OfflineStore
 from loom.features.stream import serve
 from loom.features.stream_batch import Sinks, run_batch
@@ -176,12 +177,14 @@ def pending_of(client: Any, consumer: str) -> int:
 class Consumer:
     """`python -m loom.cli features stream -f P` as the pod runs it (POD_NAME names the consumer)."""
 
-    def __init__(self, path: Path, name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, path: Path, name: str, env: dict[str, str] | None = None, argv: list[str] | None = None
+    ) -> None:
         self.name = name
         self.out = path.parent / f"{name}.out"
         self.err = path.parent / f"{name}.err"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loom.cli", "features", "stream", "-f", str(path)],
+            argv or [sys.executable, "-m", "loom.cli", "features", "stream", "-f", str(path)],
             stdout=open(self.out, "w"),  # noqa: SIM115 - the child owns it
             stderr=open(self.err, "w"),  # noqa: SIM115
             env={**os.environ, **FAST, "POD_NAME": name, **(env or {})},
@@ -254,15 +257,20 @@ def test_consumers_share_the_stream_and_the_entries_of_a_killed_one_are_claimed(
     assert not list((tmp_path / "features" / ".loom-staging").glob("stream-*"))
 
 
-def test_sigterm_finishes_the_micro_batch_acks_it_and_exits_0(
+def test_the_deployments_consumer_exits_0_on_sigterm_with_its_micro_batch_acked(
     tmp_path: Path, redis_db: Any, redis_url: str, consumers: list[Consumer]
 ) -> None:
     port = _free_port()
     log = tmp_path / "termination-log"
-    path = write(pipeline(tmp_path, redis_url, batch_size=100), tmp_path)
-    consumers.append(
-        Consumer(path, "solo", env={"LOOM_METRICS_PORT": str(port), "LOOM_TERMINATION_LOG": str(log)})
-    )
+    # The container of the controller's Deployment: its command, args and env (POD_NAME from the pod).
+    p = pipeline(tmp_path, redis_url, batch_size=100)
+    p.metadata["uid"] = "0b5e1c9e-0000-4000-8000-000000000001"  # as the API server sets it
+    container = desired_stream(p, Images())["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value", "solo") for e in container["env"]}
+    assert env["POD_NAME"] == "solo" and "LOOM_PIPELINE" in env
+    env |= {"LOOM_METRICS_PORT": str(port), "LOOM_TERMINATION_LOG": str(log)}  # not /dev/termination-log
+    argv = [str(Path(sys.executable).with_name(container["command"][0])), *container["args"]]
+    consumers.append(Consumer(tmp_path / "pipeline.yaml", "solo", env=env, argv=argv))
     evs = events(4000, 50)
     producer = threading.Thread(target=produce, args=(redis_db, evs), kwargs={"chunk": 100, "pause": 0.05})
     producer.start()
