@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from e2e.support import Operator, apply_yaml, get_cr, kubectl, wait_for
+from e2e.support import Operator, apply_yaml, get_cr, kubectl, unwatch_namespace, wait_for, watch_namespace
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -55,6 +56,18 @@ def writes(op: Operator) -> dict[str, float]:
         "TrainingJob reconciles": _sum(text, "loom_reconcile_seconds_count", kind="TrainingJob"),
         "InferenceService reconciles": _sum(text, "loom_reconcile_seconds_count", kind="InferenceService"),
     }
+
+
+@pytest.fixture
+def namespace(kubeconfig: str) -> Iterator[str]:
+    """Overrides the suite's: outside the pattern the session's operator watches, so that only the
+    two operators of this test act here."""
+    name = f"e2e-peering-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    watch_namespace(name)
+    yield name
+    unwatch_namespace(name)
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture
