@@ -690,3 +690,56 @@ def test_bad_input_is_refused_before_anything_is_written(
     assert code == 65, err
     assert message in summary["error"]
     _nothing_written(tmp_path, redis_db)
+
+
+def _resp_args(buffer: bytes) -> list[bytes]:
+    """The bulk strings of concatenated RESP bulk strings."""
+    out, i = [], 0
+    while i < len(buffer):
+        assert buffer[i : i + 1] == b"$"
+        j = buffer.index(b"\r\n", i)
+        n = int(buffer[i + 1 : j])
+        out.append(buffer[j + 2 : j + 2 + n])
+        assert buffer[j + 2 + n : j + 4 + n] == b"\r\n"
+        i = j + 4 + n
+    return out
+
+
+@pytest.mark.parametrize(
+    "when", [T0, dt.datetime(1969, 7, 20, 20, 17, 40, 5, tzinfo=UTC), dt.datetime(1970, 1, 1, tzinfo=UTC)]
+)
+def test_the_commands_carry_those_bytes(when: dt.datetime) -> None:
+    """The RESP the writer sends: per entity the key, the Timestamp, its seconds and nanos as text, then
+    field/value pairs; long strings (a header past the lookup table), nulls, a string entity key."""
+    n = 5
+    table = pa.table(
+        {
+            "user": pa.array(["a", "", "é" * 700, "d", "e"]),
+            "t": pa.array(
+                [when + dt.timedelta(microseconds=i * 999_999) for i in range(n)],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "text": pa.array(["x" * 2000, None, "", "y", "z" * 130]),
+            "n": pa.array([-1, None, 2**62, 0, 5], pa.int64()),
+            "x": pa.array([0.5, None, float("nan"), -0.0, 1e300], pa.float64()),
+            "b": pa.array([True, False, None, True, False]),
+        }
+    )
+    layout = FeastLayout(project="proj", featureView="fv")
+    encoder = F.FeastEncoder(table.schema, ["user"], "t", layout)
+    batch = table.to_batches()[0]
+    encoded = encoder.encode(batch)
+    schema = encoder.columns
+    keys = F.entity_keys(batch, schema, "proj").to_pylist()
+    micros = F.micros_floor(batch.column("t"))
+    stamps = F.timestamp_bytes(micros).to_pylist()
+    values = {name: F.value_bytes(batch.column(name), field).to_pylist() for name, field in schema.features}
+    for row in range(n):
+        assert _resp_args(encoded.keys[row].as_py()) == [keys[row]]
+        args = _resp_args(encoded.args[row].as_py())
+        assert encoded.argc_cumsum[row + 1] - encoded.argc_cumsum[row] == len(args) == 3 + 2 * len(values)
+        seconds, rest = divmod(int(micros[row]), 1_000_000)
+        assert args[0] == stamps[row]
+        assert int(args[1]) == seconds and int(args[2]) == rest * 1000
+        pairs = dict(zip(args[3::2], args[4::2], strict=True))
+        assert pairs == {F.field_name("fv", name): v[row] for name, v in values.items()}

@@ -29,7 +29,7 @@ operator/tests/test_features_feast.py proves the bytes identical to Feast's own 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
@@ -40,9 +40,10 @@ import pyarrow.compute as pc
 
 from loom.api.featurepipeline import FeastEntityType, FeastLayout, OnlineFormat, RedisSink
 from loom.features.errors import bad_input
-from loom.features.online import Encoded, RedisWriter, bulk, commands
+from loom.features.online import Encoded, RedisWriter, commands
 
 TS_PREFIX = "_ts:"
+SLICE_ROWS = 16 * 1024
 INT64_MIN = -(2**63)  # Feast's NULL_TIMESTAMP_INT_VALUE: np.datetime64("NaT").astype(int)
 U8 = np.uint8
 Matrix = np.ndarray[Any, np.dtype[np.uint8]]
@@ -55,43 +56,58 @@ local tsf, ttl = ARGV[1], tonumber(ARGV[2])
 local n = #KEYS
 if n == 0 then return 0 end
 local stride = (#ARGV - 2) / n
+local byte, call = string.byte, redis.call
+-- a protobuf varint at s[i]: its value (int64 two's complement when 10 bytes) and the next index
 local function varint(s, i)
-  local v, c, m, k, b = 0, 0, 1, 0, 0
-  repeat
-    b = string.byte(s, i)
-    if not b then return nil, i end
-    k = k + 1
-    local g = b % 128
-    if k <= 9 then v = v + g * m; c = c + (127 - g) * m; m = m * 128 end
+  local start, v, m = i, 0, 1
+  local b = byte(s, i)
+  while b and b >= 128 do
+    v = v + (b - 128) * m
+    m = m * 128
     i = i + 1
-  until b < 128
-  if k >= 10 then return -(c + 1), i end
-  return v, i
-end
-local function stamp(s)
-  local sec, nanos, i = 0, 0, 1
-  while i <= #s do
-    local tag = string.byte(s, i)
-    local v
-    v, i = varint(s, i + 1)
-    if v == nil then return nil end
-    if tag == 8 then sec = v elseif tag == 16 then nanos = v else return nil end
+    b = byte(s, i)
   end
-  return sec, nanos
+  if not b then return nil, i end
+  v = v + b * m
+  if i - start >= 9 then
+    local c
+    c, m = 0, 1
+    for j = start, start + 8 do
+      c = c + (127 - byte(s, j) % 128) * m
+      m = m * 128
+    end
+    v = -(c + 1)
+  end
+  return v, i + 1
+end
+-- is the stored google.protobuf.Timestamp `old` at or before (sec, nanos)? (unreadable: yes)
+local function due(old, sec, nanos)
+  if #old == 0 then return true end
+  sec, nanos = tonumber(sec), tonumber(nanos)
+  local i, osec, onanos, tag, v = 1, 0, 0, nil, nil
+  while i <= #old do
+    tag = byte(old, i)
+    v, i = varint(old, i + 1)
+    if not v then return true end
+    if tag == 8 then
+      osec = v
+      if osec ~= sec then return osec < sec end
+    elseif tag == 16 then
+      onanos = v
+    else
+      return true
+    end
+  end
+  if osec ~= sec then return osec < sec end
+  return onanos <= nanos
 end
 local written, p = 0, 3
 for i = 1, n do
   local key = KEYS[i]
-  local sec, nanos = tonumber(ARGV[p + 1]), tonumber(ARGV[p + 2])
-  local old = redis.call('HGET', key, tsf)
-  local ok = true
-  if old and #old > 0 then
-    local os, on = stamp(old)
-    if os then ok = os < sec or (os == sec and on <= nanos) end
-  end
-  if ok then
-    redis.call('HSET', key, tsf, ARGV[p], unpack(ARGV, p + 3, p + stride - 1))
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  local old = call('HGET', key, tsf)
+  if not old or due(old, ARGV[p + 1], ARGV[p + 2]) then
+    call('HSET', key, tsf, ARGV[p], unpack(ARGV, p + 3, p + stride - 1))
+    if ttl > 0 then call('PEXPIRE', key, ttl) end
     written = written + 1
   end
   p = p + stride
@@ -329,61 +345,161 @@ def _layout(sink: RedisSink) -> FeastLayout:
 # --------------------------------------------------------------------------------- vectorized encoding
 
 
-def rows(data: Matrix, lengths: Ints) -> pa.LargeBinaryArray:
-    """A large_binary array of the first lengths[i] bytes of each row of the (n, k) matrix."""
-    n, k = data.shape
-    if n == 0:
-        return pa.array([], pa.large_binary())
-    mask = np.arange(k)[None, :] < lengths[:, None]
-    flat = np.ascontiguousarray(data[mask]) if not bool(mask.all()) else np.ascontiguousarray(data)
-    offsets = np.zeros(n + 1, dtype=np.int64)
+class Parts:
+    """Per-row byte strings of n rows, built from slots appended left to right, all vectorized.
+
+    A slot is a constant, an (n, k) byte matrix of which row i contributes its first lengths[i] bytes, or
+    a binary column. The slots between binary columns are laid side by side in one (n, width) matrix
+    (constants broadcast), packed with one boolean mask when some slot's width varies (zero-copy into
+    Arrow when none does); binary columns (strings) split the row, and the pieces are joined once by
+    Arrow's `binary_join_element_wise` (whose cost grows with its number of arguments)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._slots: list[tuple[Matrix, Ints | None]] = []
+        self._pieces: list[pa.Array] = []
+
+    def const(self, raw: bytes) -> Parts:
+        if raw:
+            self._slots.append((np.frombuffer(raw, dtype=U8)[None, :], None))
+        return self
+
+    def fixed(self, m: Matrix, lengths: Ints | None = None) -> Parts:
+        """Row i contributes m[i, :lengths[i]] (all k bytes when lengths is None)."""
+        if lengths is not None and bool((lengths == m.shape[1]).all()):
+            lengths = None
+        self._slots.append((m, lengths))
+        return self
+
+    def binary(self, values: pa.LargeBinaryArray) -> Parts:
+        """A variable-length column (no nulls)."""
+        self._flush()
+        self._pieces.append(values)
+        return self
+
+    def resp(self, lengths: Ints) -> Parts:
+        """A RESP bulk string header `$<len>\r\n` of values of these lengths."""
+        if len(lengths) and int(lengths.max()) < len(_HEADER_LENGTHS):
+            sizes = _HEADER_LENGTHS[lengths]
+            return self.fixed(_HEADERS[lengths, : int(sizes.max())], sizes)
+        digits, count = decimal(lengths)
+        return self.const(b"$").fixed(digits, count).const(b"\r\n")
+
+    def build(self) -> pa.LargeBinaryArray:
+        self._flush()
+        if not self._pieces:
+            return _packed(np.zeros(0, dtype=U8), np.zeros(self.n, dtype=np.int64))
+        if len(self._pieces) == 1:
+            return self._pieces[0]
+        return pc.binary_join_element_wise(*self._pieces, pa.scalar(b"", pa.large_binary()))
+
+    def _flush(self) -> None:
+        if not self._slots:
+            return
+        n = self.n
+        width = sum(m.shape[1] for m, _ in self._slots)
+        out = np.empty((n, width), dtype=U8)
+        mask = None
+        total = np.full(n, width, dtype=np.int64)
+        a = 0
+        for m, lengths in self._slots:
+            k = m.shape[1]
+            out[:, a : a + k] = m
+            if lengths is not None:
+                if mask is None:
+                    mask = np.ones((n, width), dtype=bool)
+                cols = _COLUMNS[:k] if k <= len(_COLUMNS) else np.arange(k)
+                np.less(cols[None, :], lengths[:, None], out=mask[:, a : a + k])
+                total -= k - lengths
+            a += k
+        data = out.reshape(-1) if mask is None else np.compress(mask.reshape(-1), out.reshape(-1))
+        self._pieces.append(_packed(data, total))
+        self._slots = []
+
+
+def _packed(data: np.ndarray[Any, Any], lengths: Ints) -> pa.LargeBinaryArray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(flat.reshape(-1))]
+        pa.large_binary(),
+        len(lengths),
+        [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))],
     )
 
 
+_COLUMNS = np.arange(64)
 _THRESHOLDS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
-_SHIFTS = np.arange(10, dtype=np.uint64) * np.uint64(7)
+_POW10 = np.array([10**k for k in range(20)], dtype=np.uint64)
+
+
+def _header_table(limit: int) -> tuple[Matrix, Ints]:
+    raw = [b"$%d\r\n" % i for i in range(limit)]
+    width = max(len(r) for r in raw)
+    table = np.zeros((limit, width), dtype=U8)
+    for i, r in enumerate(raw):
+        table[i, : len(r)] = np.frombuffer(r, dtype=U8)
+    return table, np.array([len(r) for r in raw], dtype=np.int64)
+
+
+_HEADERS, _HEADER_LENGTHS = _header_table(1000)
 
 
 def varints(values: np.ndarray[Any, Any]) -> tuple[Matrix, Ints]:
-    """Protobuf varints of int64 values (negatives as 10-byte two's complement): (n, 10) bytes, lengths."""
+    """Protobuf varints of int64 values (negatives as 10-byte two's complement): (n, k) bytes, lengths."""
     u = np.ascontiguousarray(values, dtype=np.int64).view(np.uint64)
-    lengths = 1 + (u[:, None] >= _THRESHOLDS[None, :]).sum(axis=1, dtype=np.int64)
-    groups = ((u[:, None] >> _SHIFTS[None, :]) & np.uint64(0x7F)).astype(U8)
-    groups[np.arange(10)[None, :] < (lengths - 1)[:, None]] |= U8(0x80)
-    return groups, lengths
+    lengths = np.ones(len(u), dtype=np.int64)
+    for threshold in _THRESHOLDS:
+        lengths += u >= threshold
+    k = int(lengths.max()) if len(u) else 1
+    out = np.empty((len(u), k), dtype=U8)
+    for j in range(k):
+        group = (u >> np.uint64(7 * j)) & np.uint64(0x7F)
+        out[:, j] = group | np.where(lengths > j + 1, np.uint64(0x80), np.uint64(0))
+    return out, lengths
 
 
-def concat(pieces: Sequence[tuple[Matrix, Ints]]) -> tuple[Matrix, Ints]:
-    """Row-wise concatenation of variable-length pieces: each piece's first len bytes, in order."""
-    n = pieces[0][0].shape[0]
-    width = sum(m.shape[1] for m, _ in pieces)
-    out = np.zeros((n, width), dtype=U8)
-    total = np.zeros(n, dtype=np.int64)
-    col = np.arange(width)[None, :]
-    for m, lengths in pieces:
-        k = m.shape[1]
-        # place piece bytes at [total, total + len) of each row
-        src = np.arange(k)[None, :] < lengths[:, None]
-        rows_idx = np.broadcast_to(np.arange(n)[:, None], (n, k))[src]
-        cols_idx = (total[:, None] + np.arange(k)[None, :])[src]
-        out[rows_idx, cols_idx] = m[src]
-        total = total + lengths
-    del col
-    return out, total
+def decimal(values: np.ndarray[Any, Any]) -> tuple[Matrix, Ints]:
+    """Decimal text of int64 values (a leading '-' for negatives): (n, k) ASCII bytes, lengths."""
+    v = np.ascontiguousarray(values, dtype=np.int64)
+    neg = v < 0
+    u = np.where(neg, (~v.view(np.uint64)) + np.uint64(1), v.view(np.uint64))
+    ndig = np.ones(len(v), dtype=np.int64)
+    for p in _POW10[1:]:
+        ndig += u >= p
+    k = int(ndig.max()) if len(v) else 1
+    digits = np.empty((len(v), k), dtype=U8)
+    for j in range(k):  # column j holds the digit of 10**(ndig-1-j)
+        power = _POW10[np.clip(ndig - 1 - j, 0, 19)]
+        digits[:, j] = ((u // power) % np.uint64(10)).astype(U8) + U8(48)
+    if not neg.any():
+        return digits, ndig
+    out = np.empty((len(v), k + 1), dtype=U8)
+    out[:, 0] = ord("-")
+    out[:, 1:] = digits
+    shifted = np.where(neg[:, None], out, np.concatenate([digits, out[:, :1]], axis=1))
+    return shifted, ndig + neg
 
 
-def _constant(data: bytes, n: int) -> tuple[Matrix, Ints]:
-    m = np.broadcast_to(np.frombuffer(data, dtype=U8), (n, len(data)))
-    return np.ascontiguousarray(m), np.full(n, len(data), dtype=np.int64)
+def fixed_decimal(values: np.ndarray[Any, Any], digits: int) -> Matrix | None:
+    """Decimal text of int64 values in a fixed width, zero-padded, '-' in front of negatives: `digits`
+    digits after a sign column ('0' or '-') when some value is negative; None when one does not fit."""
+    v = np.ascontiguousarray(values, dtype=np.int64)
+    neg = v < 0
+    signed = bool(neg.any())
+    u = np.abs(v)
+    if len(v) and int(u.max()) >= 10**digits:
+        return None
+    out = np.empty((len(v), digits + signed), dtype=U8)
+    if signed:
+        out[:, 0] = np.where(neg, ord("-"), ord("0"))
+    for j in range(digits):
+        out[:, signed + j] = ((u // 10 ** (digits - 1 - j)) % 10).astype(U8) + U8(48)
+    return out
 
 
-def _fixed(values: np.ndarray[Any, Any], dtype: str) -> tuple[Matrix, Ints]:
+def _le(values: np.ndarray[Any, Any], dtype: str) -> Matrix:
     raw = np.ascontiguousarray(values, dtype=dtype)
-    width = raw.dtype.itemsize
-    return raw.view(U8).reshape(len(raw), width), np.full(len(raw), width, dtype=np.int64)
+    return raw.view(U8).reshape(len(raw), raw.dtype.itemsize)
 
 
 def _valid(values: pa.Array) -> np.ndarray[Any, np.dtype[np.bool_]]:
@@ -397,20 +513,16 @@ def _numbers(values: pa.Array, dtype: str) -> np.ndarray[Any, Any]:
     return np.asarray(filled.cast(pa.from_numpy_dtype(np.dtype(dtype))).to_numpy(zero_copy_only=False))
 
 
-def _binary(values: pa.Array) -> pa.LargeBinaryArray:
-    """Strings or bytes as large_binary, nulls as empty."""
+def _binary(values: pa.Array) -> tuple[pa.LargeBinaryArray, Ints]:
+    """Strings or bytes as large_binary, nulls as empty, and their byte lengths."""
     t = values.type
     if pa.types.is_fixed_size_binary(t) or pa.types.is_binary_view(t) or pa.types.is_string_view(t):
         values = values.cast(pa.binary())
     out = values.cast(pa.large_binary())
     if out.null_count:
         out = pc.fill_null(out, pa.scalar(b"", pa.large_binary()))
-    return out
-
-
-def _join(*parts: pa.Array | bytes) -> pa.LargeBinaryArray:
-    args = [pa.scalar(p, pa.large_binary()) if isinstance(p, bytes) else p for p in parts]
-    return pc.binary_join_element_wise(*args, pa.scalar(b"", pa.large_binary()))
+    offsets = np.frombuffer(out.buffers()[1], dtype=np.int64)[out.offset : out.offset + len(out) + 1]
+    return out, np.diff(offsets)
 
 
 def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -438,76 +550,114 @@ def micros_floor(values: pa.Array) -> np.ndarray[Any, np.dtype[np.int64]]:
     return np.asarray(raw * {"s": 1_000_000, "ms": 1_000, "us": 1}[unit], dtype=np.int64)
 
 
-def value_bytes(values: pa.Array | pa.ChunkedArray, field: ValueField) -> pa.LargeBinaryArray:
-    """Each row as a serialized feast.types.Value with `field` set (what Feast's materialization writes):
-    empty for a null (and a float NaN); INT64_MIN for a null timestamp."""
+def add_value(parts: Parts, values: pa.Array | pa.ChunkedArray, field: ValueField, *, resp: bool) -> None:
+    """Append each row as a serialized feast.types.Value with `field` set (what Feast's materialization
+    writes: empty for a null and for a float NaN; INT64_MIN for a null timestamp), as a RESP bulk string
+    when `resp`."""
     values = _as_array(values)
     n = len(values)
     valid = _valid(values)
-    tag = bytes([field.tag])
+    tag = np.full((n, 1), field.tag, dtype=U8)
     if field is STRING or field is BYTES:
-        data = _binary(values)
-        length = _numbers(pc.binary_length(data), "int64")
-        head = concat([_constant(tag, n), varints(length)])
-        prefix = rows(head[0], np.where(valid, head[1], 0))
-        return _join(prefix, data)
-    if field is FLOAT or field is DOUBLE:
-        dtype = "<f4" if field is FLOAT else "<f8"
-        numbers = _numbers(values, dtype)
-        m, lengths = concat([_constant(tag, n), _fixed(numbers, dtype)])
-        keep = valid & ~np.isnan(numbers)
-        return rows(m, np.where(keep, lengths, 0))
-    if field is UNIX_TIMESTAMP:
-        numbers = np.where(valid, seconds_floor(values), INT64_MIN)
-        m, lengths = concat([_constant(tag, n), varints(numbers)])
-        return rows(m, lengths)
-    if field is BOOL:
-        filled = pc.fill_null(values, False) if values.null_count else values
-        numbers = np.asarray(filled.cast(pa.int64()).to_numpy(zero_copy_only=False))
-    else:  # INT32, INT64 (int32 negatives are sign-extended to 10 bytes, as protobuf does)
-        numbers = _numbers(values, "int64")
-    m, lengths = concat([_constant(tag, n), varints(numbers)])
-    return rows(m, np.where(valid, lengths, 0))
+        data, length = _binary(values)
+        head, head_len = varints(length)
+        size = np.where(valid, 1 + head_len + length, 0)
+        if resp:
+            parts.resp(size)
+        parts.fixed(tag, valid.astype(np.int64)).fixed(head, np.where(valid, head_len, 0))
+        parts.binary(data)
+    else:
+        if field is FLOAT or field is DOUBLE:
+            dtype = "<f4" if field is FLOAT else "<f8"
+            numbers = _numbers(values, dtype)
+            body, body_len = _le(numbers, dtype), np.full(n, np.dtype(dtype).itemsize, dtype=np.int64)
+            valid = valid & ~np.isnan(numbers)
+        elif field is BOOL:
+            filled = pc.fill_null(values, False) if values.null_count else values
+            body = np.asarray(filled.cast(pa.uint8()).to_numpy(zero_copy_only=False), dtype=U8)[:, None]
+            body_len = np.ones(n, dtype=np.int64)
+        elif field is UNIX_TIMESTAMP:
+            body, body_len = varints(np.where(valid, seconds_floor(values), INT64_MIN))
+            valid = np.ones(n, dtype=bool)
+        else:  # INT32, INT64 (int32 negatives are sign-extended to 10 bytes, as protobuf does)
+            body, body_len = varints(_numbers(values, "int64"))
+        size = np.where(valid, 1 + body_len, 0)
+        if resp:
+            parts.resp(size)
+        parts.fixed(tag, valid.astype(np.int64)).fixed(body, np.where(valid, body_len, 0))
+    if resp:
+        parts.const(b"\r\n")
 
 
-def timestamp_bytes(micros: np.ndarray[Any, np.dtype[np.int64]]) -> pa.LargeBinaryArray:
-    """Serialized google.protobuf.Timestamp of epoch microseconds (fields at their default are omitted)."""
+def value_bytes(values: pa.Array | pa.ChunkedArray, field: ValueField) -> pa.LargeBinaryArray:
+    """Each row as a serialized feast.types.Value (see `add_value`)."""
+    parts = Parts(len(values))
+    add_value(parts, values, field, resp=False)
+    return parts.build()
+
+
+def add_timestamp(parts: Parts, micros: Ints, *, resp: bool) -> None:
+    """Append serialized google.protobuf.Timestamps of epoch microseconds (fields at 0 are omitted)."""
     seconds = np.floor_divide(micros, 1_000_000)
     nanos = (micros - seconds * 1_000_000) * 1000
+    s_body, s_len = varints(seconds)
+    n_body, n_len = varints(nanos)
+    s_len = np.where(seconds != 0, s_len, 0)
+    n_len = np.where(nanos != 0, n_len, 0)
     n = len(micros)
-    s_m, s_len = concat([_constant(bytes([TS_SECONDS_TAG]), n), varints(seconds)])
-    n_m, n_len = concat([_constant(bytes([TS_NANOS_TAG]), n), varints(nanos)])
-    m, lengths = concat([(s_m, np.where(seconds != 0, s_len, 0)), (n_m, np.where(nanos != 0, n_len, 0))])
-    return rows(m, lengths)
+    if resp:
+        parts.resp((s_len > 0) + s_len + (n_len > 0) + n_len)
+    parts.fixed(np.full((n, 1), TS_SECONDS_TAG, dtype=U8), (s_len > 0).astype(np.int64)).fixed(s_body, s_len)
+    parts.fixed(np.full((n, 1), TS_NANOS_TAG, dtype=U8), (n_len > 0).astype(np.int64)).fixed(n_body, n_len)
+    if resp:
+        parts.const(b"\r\n")
 
 
-def entity_keys(batch: pa.RecordBatch, schema: FeastSchema, project: str) -> pa.LargeBinaryArray:
-    """Feast's Redis key of every row: `serialize_entity_key(v3)` + project (the keys sorted by name)."""
+def timestamp_bytes(micros: Ints) -> pa.LargeBinaryArray:
+    parts = Parts(len(micros))
+    add_timestamp(parts, micros, resp=False)
+    return parts.build()
+
+
+def add_entity_keys(
+    parts: Parts, batch: pa.RecordBatch, schema: FeastSchema, project: str, *, resp: bool
+) -> None:
+    """Append Feast's Redis key of every row: `serialize_entity_key(v3)` + project (keys sorted by name)."""
     n = batch.num_rows
     head = [struct.pack("<I", len(schema.entities))]
     for name, _ in schema.entities:
         raw = name.encode()
         head.append(struct.pack("<II", STRING.value_type, len(raw)) + raw)
-    fixed: list[tuple[Matrix, Ints]] = [_constant(b"".join(head), n)]
-    parts: list[pa.Array | bytes] = []
+    size = np.full(n, sum(len(h) for h in head) + len(project.encode()), dtype=np.int64)
+    columns: list[tuple[ValueField, Any, Ints]] = []
     for name, field in schema.entities:
         values = _as_array(batch.column(name))
         if field is INT64 or field is INT32:
             dtype = "<i8" if field is INT64 else "<i4"
-            fixed.append(_constant(struct.pack("<II", field.value_type, np.dtype(dtype).itemsize), n))
-            fixed.append(_fixed(_numbers(values, "int64").astype(dtype), dtype))
-            continue
-        data = _binary(values)
-        length = _numbers(pc.binary_length(data), "int64")
-        fixed.append(_constant(struct.pack("<I", field.value_type), n))
-        fixed.append(_fixed(length, "<u4"))
-        parts.append(rows(*concat(fixed)))
-        parts.append(data)
-        fixed = []
-    if fixed:
-        parts.append(rows(*concat(fixed)))
-    parts.append(project.encode())
-    return _join(*parts)
+            columns.append(
+                (field, _le(_numbers(values, "int64").astype(dtype), dtype), np.empty(0, np.int64))
+            )
+            size += 8 + np.dtype(dtype).itemsize
+        else:
+            data, length = _binary(values)
+            columns.append((field, data, length))
+            size += 8 + length
+    if resp:
+        parts.resp(size)
+    parts.const(b"".join(head))
+    for field, data, length in columns:
+        if isinstance(data, np.ndarray):
+            parts.const(struct.pack("<II", field.value_type, data.shape[1])).fixed(data)
+        else:
+            parts.const(struct.pack("<I", field.value_type)).fixed(_le(length, "<u4"))
+            parts.binary(data)
+    parts.const(project.encode() + (b"\r\n" if resp else b""))
+
+
+def entity_keys(batch: pa.RecordBatch, schema: FeastSchema, project: str) -> pa.LargeBinaryArray:
+    parts = Parts(batch.num_rows)
+    add_entity_keys(parts, batch, schema, project, resp=False)
+    return parts.build()
 
 
 class FeastEncoder:
@@ -518,27 +668,31 @@ class FeastEncoder:
         self.columns = feast_schema(schema, keys, timestamp, layout)
         self.project = layout.project
         view = layout.featureView
-        self.fields = [
-            pa.scalar(_bulk(field_name(view, name)), pa.large_binary()) for name, _ in self.columns.features
-        ]
+        self.fields = [_bulk(field_name(view, name)) for name, _ in self.columns.features]
         self.argc = 3 + 2 * len(self.columns.features)
 
     def encode(self, batch: pa.RecordBatch) -> Encoded:
         n = batch.num_rows
-        keys = bulk(entity_keys(batch, self.columns, self.project))
+        keys = Parts(n)
+        add_entity_keys(keys, batch, self.columns, self.project, resp=True)
         micros = micros_floor(_as_array(batch.column(self.columns.timestamp)))
         seconds = np.floor_divide(micros, 1_000_000)
         nanos = (micros - seconds * 1_000_000) * 1000
-        args: list[pa.Array | pa.Scalar] = [
-            bulk(timestamp_bytes(micros)),
-            bulk(pa.array(seconds).cast(pa.string()).cast(pa.large_binary())),
-            bulk(pa.array(nanos).cast(pa.string()).cast(pa.large_binary())),
-        ]
+        args = Parts(n)
+        add_timestamp(args, micros, resp=True)
+        for number, width in ((seconds, 12), (nanos, 9)):
+            text = fixed_decimal(number, width)  # Lua's tonumber reads "0001700000000" and "-00000000001"
+            if text is None:
+                digits, count = decimal(number)
+                args.resp(count).fixed(digits, count).const(b"\r\n")
+            else:
+                args.const(b"$%d\r\n" % text.shape[1]).fixed(text).const(b"\r\n")
         for (name, field), fname in zip(self.columns.features, self.fields, strict=True):
-            args.append(fname)
-            args.append(bulk(value_bytes(batch.column(name), field)))
-        joined = pc.binary_join_element_wise(*args, pa.scalar(b"", pa.large_binary()))
-        return Encoded(keys=keys, args=joined, argc_cumsum=np.arange(n + 1, dtype=np.int64) * self.argc)
+            args.const(fname)
+            add_value(args, batch.column(name), field, resp=True)
+        return Encoded(
+            keys=keys.build(), args=args.build(), argc_cumsum=np.arange(n + 1, dtype=np.int64) * self.argc
+        )
 
 
 def _bulk(raw: bytes) -> bytes:
@@ -565,5 +719,9 @@ class FeastWriter(RedisWriter):
             self._encoder = FeastEncoder(schema, self.layout.keys, self.layout.timestamp, self.feast)
         return self._encoder
 
-    def _commands(self, batch: pa.RecordBatch) -> Any:
-        return commands(self.encoder(batch.schema).encode(batch), self._sha, self.layout)
+    def _commands(self, batch: pa.RecordBatch) -> Iterator[list[Any]]:
+        """The batch's EVALSHA chunks, encoded a slice at a time: the next slice is encoded while Redis
+        works through the chunks in flight."""
+        encoder = self.encoder(batch.schema)
+        for start in range(0, batch.num_rows, SLICE_ROWS):
+            yield from commands(encoder.encode(batch.slice(start, SLICE_ROWS)), self._sha, self.layout)
