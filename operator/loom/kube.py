@@ -3,6 +3,8 @@
 Server-side apply with one field manager, deletes that tolerate absence, status patches,
 events. Every call retries conflicts (409) and transient server errors a few times.
 Thread-safe: Kopf runs sync handlers in a thread pool and they share one client.
+`use(client, sleep=...)` swaps the client (anything with DynamicClient's `resources.get`) and the
+pause between retries, for tests.
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ T = TypeVar("T")
 _RETRYABLE = {409, 429, 500, 502, 503, 504}
 _lock = threading.Lock()
 _dynamic: DynamicClient | None = None
+_sleep: Callable[[float], None] = time.sleep
+
+
+def use(client: Any | None, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Talk through `client` from now on (None: the kubeconfig's, built on first use) and wait
+    between retries with `sleep`."""
+    global _dynamic, _sleep
+    with _lock:
+        _dynamic, _sleep = client, sleep
 
 
 def load_config() -> None:
@@ -60,7 +71,7 @@ def retrying(fn: Callable[..., T]) -> Callable[..., T]:
                 if e.status not in _RETRYABLE or attempt == 4:
                     metrics.API_ERRORS.labels(operation=fn.__name__, code=str(e.status)).inc()
                     raise
-                time.sleep(0.05 * 2**attempt)
+                _sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
 
     return wrapper
