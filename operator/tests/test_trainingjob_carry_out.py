@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +14,8 @@ from test_trainingjob_factories import make_job, make_nodes, make_pod
 
 from loom.builders.trainingjob_gang import gpu_pod_from
 from loom.controllers import trainingjob
-from loom.controllers.trainingjob_observe import Expectations
+from loom.controllers.clock import Clock
+from loom.controllers.trainingjob_observe import Memory
 
 
 class Api:
@@ -67,6 +68,7 @@ class World:
         self.bodies: dict[Any, list[Any]] = {}
         self.pods: dict[Any, list[Any]] = {None: []}
         self.nodes: dict[Any, list[Any]] = {}
+        self.clock = SteppedClock()
 
     def add_job(
         self,
@@ -87,7 +89,7 @@ class World:
             body["status"] = status
         body["spec"].update(spec or {})
         self.bodies[("ns", name)] = [body]
-        now = datetime.now(UTC)
+        now = self.clock.now()
         pods = [
             make_pod(job, "worker", i, attempt, phase=phase, gated=gated, created=now, node=f"gpu-{i}")
             for i in range(workers)
@@ -109,15 +111,31 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Api:
     return fake
 
 
+class SteppedClock(Clock):
+    """Wall and monotonic time that move only when the test says."""
+
+    def __init__(self) -> None:
+        self.wall = datetime.now(UTC)
+        self.seconds = 1000.0
+
+    def now(self) -> datetime:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    def step(self, seconds: float) -> None:
+        self.wall += timedelta(seconds=seconds)
+        self.seconds += seconds
+
+
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """The indexes in a fresh controller memory, and a stepped clock."""
     w = World()
     indices = {"trainingjob_bodies": w.bodies, "trainingjob_pods": w.pods, "trainingjob_nodes": w.nodes}
-    monkeypatch.setattr(trainingjob, "_indices", indices)
-    monkeypatch.setattr(trainingjob, "_expectations", Expectations())
-    for name in ("_written", "_phases", "_last_status_patch"):
-        monkeypatch.setattr(trainingjob, name, {})
-    monkeypatch.setattr(trainingjob, "_waiting", set())
+    monkeypatch.setattr(trainingjob, "memory", Memory(indices=indices))
+    monkeypatch.setattr(trainingjob, "clock", w.clock)
     yield w
 
 
@@ -145,8 +163,8 @@ def test_reservations_whose_ungate_succeeded_survive_a_failed_sibling(api: Api, 
     api.fail = {"a-worker-1-a0"}
     with pytest.raises(ApiException):
         reconcile("a")
-    assert ("ns", "a-worker-0-a0") in trainingjob._expectations.admitted(datetime.now(UTC))
-    assert ("ns", "a-worker-1-a0") not in trainingjob._expectations.admitted(datetime.now(UTC))
+    assert ("ns", "a-worker-0-a0") in trainingjob.memory.expectations.admitted(world.clock.now())
+    assert ("ns", "a-worker-1-a0") not in trainingjob.memory.expectations.admitted(world.clock.now())
 
     world.add_job("b", 2)  # 16 GPUs: only one node is free while a-worker-0 holds the other
     api.calls.clear()
@@ -157,7 +175,7 @@ def test_reservations_whose_ungate_succeeded_survive_a_failed_sibling(api: Api, 
 
 
 def _running_status(**extra: Any) -> dict[str, Any]:
-    since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    since = (datetime.now(UTC) - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     condition = {"status": "True", "lastTransitionTime": since, "observedGeneration": 1}
     return {
         "phase": "Running",
@@ -188,7 +206,7 @@ def test_a_status_from_another_version_keeps_the_running_gang(api: Api, world: W
     assert writes(api) == [], "the running gang of attempt 1 was touched"
     patched = [c for c in api.calls if c[:2] == ("patch", "TrainingJob")]
     assert patched == [("patch", "TrainingJob", "a", "status")]  # the phase it can tell: Running
-    assert trainingjob._phases[("ns", "a")] == "Running"
+    assert trainingjob.memory.phases[("ns", "a")] == "Running"
 
 
 def test_a_status_it_cannot_read_is_left_alone_and_reported(api: Api, world: World) -> None:
@@ -230,3 +248,23 @@ def test_an_invalid_spec_gets_a_condition_and_an_event_not_retries(api: Api, wor
     assert sorted(c[2] for c in writes(api)) == ["a-worker-0-a0", "a-worker-1-a0"]  # ungated: it runs
     last = api.patch_bodies[-1]
     assert "Stalled" not in [c["type"] for c in last["status"]["conditions"]]
+
+
+def test_pods_becoming_ready_one_by_one_are_patched_once_a_second(api: Api, world: World) -> None:
+    """Only the Ready counts changed: the status is patched at most once per second (the clock is
+    stepped), and the reconcile asks to come back when the second is over."""
+    world.add_nodes(2)
+    status = _running_status(readyReplicas=0)
+    world.add_job("a", 2, gated=False, attempt=1, phase="Running", status=status)
+    reconcile("a")  # the counts differ from the stored status: patched
+    assert len(api.patch_bodies) == 1
+    world.bodies[("ns", "a")][0]["status"] = api.patch_bodies[-1]["status"]
+    world.bodies[("ns", "a")][0]["metadata"]["resourceVersion"] = "1000"
+    world.pods[("ns", "a")][0]["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    world.clock.step(0.3)
+    assert reconcile("a") == pytest.approx(0.7)  # counts only: not now, in 0.7 s
+    assert len(api.patch_bodies) == 1
+    world.clock.step(0.7)
+    reconcile("a")
+    assert len(api.patch_bodies) == 2
+    assert api.patch_bodies[-1]["status"]["readyReplicas"] == 1

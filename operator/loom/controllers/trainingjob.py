@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import kopf
@@ -36,7 +36,8 @@ from loom.builders.common import (
 from loom.builders.trainingjob import LABEL_JOB, pod_gpus
 from loom.builders.trainingjob_gang import Node, gpu_pod_from, node_from
 from loom.builders.trainingjob_plan import RESYNC, Cluster, Plan, decide
-from loom.controllers.trainingjob_observe import Expectations, slim_pod
+from loom.controllers.clock import Clock
+from loom.controllers.trainingjob_observe import Memory, slim_pod
 from loom.controllers.trainingjob_queue import WorkQueue
 
 KIND = "TrainingJob"
@@ -45,13 +46,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="loom-trainingjob")
-_expectations = Expectations()
-_written: dict[Key, tuple[str, dict[str, Any]]] = {}  # key -> (resourceVersion before, body after)
-_waiting: set[Key] = set()  # jobs whose gang waits for GPUs (or an elastic job that could grow)
-_phases: dict[Key, str] = {}
-_indices: dict[str, Any] = {}
-_nodes_seen: dict[str, tuple[bool, bool, int]] = {}
-_last_status_patch: dict[Key, float] = {}
+memory = Memory()
+clock = Clock()
 COUNTS_COALESCE_SECONDS = 1.0
 POD_EVENT_BATCH_SECONDS = 0.1
 
@@ -66,7 +62,7 @@ def _pod_matters(labels: kopf.Labels, spec: Any, status: Any, type: str | None, 
 def _node_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> bool:
     """Only changes that matter (readiness, cordon, GPUs), not the heartbeats every few seconds."""
     node = node_from(body)
-    return type == "DELETED" or _nodes_seen.get(name) != (node.ready, node.unschedulable, node.gpus)
+    return type == "DELETED" or memory.nodes_seen.get(name) != (node.ready, node.unschedulable, node.gpus)
 
 
 # -- observation (async: Kopf runs sync handlers in threads, one hop per event) -------------------------
@@ -101,7 +97,7 @@ async def trainingjob_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, N
 @kopf.on.startup()
 async def trainingjob_start(**kwargs: Any) -> None:
     for name in ("trainingjob_bodies", "trainingjob_pods", "trainingjob_nodes"):
-        _indices[name] = kwargs[name]
+        memory.indices[name] = kwargs[name]
     await _in_thread(_warm_up)
     queue.start()
 
@@ -130,10 +126,10 @@ async def trainingjob_pod_event(
 async def trainingjob_node_event(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
     node = node_from(body)
     if type == "DELETED":
-        _nodes_seen.pop(name, None)
+        memory.nodes_seen.pop(name, None)
     else:
-        _nodes_seen[name] = (node.ready, node.unschedulable, node.gpus)
-    for key in list(_phases):  # pods on the node may be lost; capacity changed
+        memory.nodes_seen[name] = (node.ready, node.unschedulable, node.gpus)
+    for key in list(memory.phases):  # pods on the node may be lost; capacity changed
         queue.add(key)
 
 
@@ -144,27 +140,27 @@ async def reconcile(key: Key) -> float | None:
     if body is None:
         _forget(key)
         return None
-    now = datetime.now(UTC)
+    now = clock.now()
     job = _model(body)
     if not isinstance(job, TrainingJob):  # nothing is decided on a spec or status it cannot read
-        _waiting.discard(key)
+        memory.waiting.discard(key)
         await _hold(key, body, job, now)
         return None
-    pods = _expectations.merge(key, _store(_indices["trainingjob_pods"], key), now)
-    nodes = {n.name: n for n in _store(_indices["trainingjob_nodes"], None, all_keys=True)}
-    indexed = list(_indices["trainingjob_pods"].get(None) or ())
+    pods = memory.expectations.merge(key, _store(memory.indices["trainingjob_pods"], key), now)
+    nodes = {n.name: n for n in _store(memory.indices["trainingjob_nodes"], None, all_keys=True)}
+    indexed = list(memory.indices["trainingjob_pods"].get(None) or ())
     seen = {(p.namespace, p.name) for p in indexed}
-    gpu_pods = [*indexed, *_expectations.reservations(seen, now)]
-    cluster = Cluster(nodes=nodes, pods=gpu_pods, admitted=_expectations.admitted(now))
+    gpu_pods = [*indexed, *memory.expectations.reservations(seen, now)]
+    cluster = Cluster(nodes=nodes, pods=gpu_pods, admitted=memory.expectations.admitted(now))
     plan = decide(job, pods, cluster, now)
     created = {p["metadata"]["name"]: p for p in plan.create}
     for name, _ in plan.ungate:  # reserve the GPUs now, before any other job decides
-        _expectations.expect_ungated(key[0], name, now)
+        memory.expectations.expect_ungated(key[0], name, now)
         if name in created:
-            _expectations.reserve(gpu_pod_from(created[name]), now)
-    (_waiting.add if plan.waiting_for_capacity else _waiting.discard)(key)
+            memory.expectations.reserve(gpu_pod_from(created[name]), now)
+    (memory.waiting.add if plan.waiting_for_capacity else memory.waiting.discard)(key)
     if _only_counts_changed(job.status, plan.status):
-        waited = time.monotonic() - _last_status_patch.get(key, 0.0)
+        waited = clock.monotonic() - memory.last_status_patch.get(key, 0.0)
         if waited < COUNTS_COALESCE_SECONDS:  # pods become Ready one by one: patch once for many
             plan.status = job.status or plan.status
             plan.requeue_after = min(plan.requeue_after or RESYNC, COUNTS_COALESCE_SECONDS - waited)
@@ -173,7 +169,7 @@ async def reconcile(key: Key) -> float | None:
         await _carry_out(key, body, job, plan, now, not_ungated)
     finally:  # only pods whose ungate patch succeeded keep their GPUs reserved
         for name in not_ungated:
-            _expectations.cancel_ungated(key[0], name)
+            memory.expectations.cancel_ungated(key[0], name)
     _observe_phase(key, str(plan.status.phase))
     metrics.RECONCILE_SECONDS.labels(kind=KIND).observe(time.monotonic() - started)
     return plan.requeue_after
@@ -192,10 +188,10 @@ async def _carry_out(
         )
         if patched is None:
             return  # the job is gone
-        observed = _store(_indices["trainingjob_bodies"], key)
+        observed = _store(memory.indices["trainingjob_bodies"], key)
         base = observed[0]["metadata"].get("resourceVersion", "") if observed else ""
-        _written[key] = (base, patched)
-        _last_status_patch[key] = time.monotonic()
+        memory.written[key] = (base, patched)
+        memory.last_status_patch[key] = clock.monotonic()
     await _gather(
         _in_thread(
             kube.delete,
@@ -209,12 +205,12 @@ async def _carry_out(
         for d in plan.delete
     )
     for d in plan.delete:
-        _expectations.expect_deleted(namespace, d.name, d.uid, now)
+        memory.expectations.expect_deleted(namespace, d.name, d.uid, now)
     if plan.service is not None:
         await _in_thread(kube.apply, plan.service)
     created = await _gather(_in_thread(kube.create, pod) for pod in plan.create)
     for pod, result in zip(plan.create, created, strict=True):
-        _expectations.expect_created(key, result or pod, now)
+        memory.expectations.expect_created(key, result or pod, now)
     results = await asyncio.gather(
         *(
             _in_thread(kube.patch, "v1", "Pod", pod, namespace, {"spec": {"schedulingGates": left or None}})
@@ -258,15 +254,15 @@ def _store(index: Any, key: Any, *, all_keys: bool = False) -> list[Any]:
 
 def _latest(key: Key) -> dict[str, Any] | None:
     """The job as last observed, or as Loom last wrote it if the watch has not caught up yet."""
-    found = _store(_indices["trainingjob_bodies"], key)
+    found = _store(memory.indices["trainingjob_bodies"], key)
     if not found:
         return None
     body: dict[str, Any] = found[0]
-    written = _written.get(key)
+    written = memory.written.get(key)
     if written is not None:
         if _is_older(body["metadata"].get("resourceVersion", ""), written):
             return written[1]
-        del _written[key]
+        del memory.written[key]
     return body
 
 
@@ -329,7 +325,7 @@ async def _hold(key: Key, body: dict[str, Any], stall: Stall, now: datetime) -> 
     if patched is None:
         return
     base = body["metadata"].get("resourceVersion", "")
-    _written[key] = (base, patched)
+    memory.written[key] = (base, patched)
     await _in_thread(kube.event, body, stall.reason, stall.message, type_="Warning")
 
 
@@ -342,25 +338,22 @@ def _only_counts_changed(old: TrainingJobStatus | None, new: TrainingJobStatus) 
 
 
 def _forget(key: Key) -> None:
-    _last_status_patch.pop(key, None)
     queue.forget(key)
-    _written.pop(key, None)
-    _waiting.discard(key)
-    _expectations.forget(key)
+    memory.forget(key)
     _observe_phase(key, None)
 
 
 def _observe_phase(key: Key, phase: str | None) -> None:
-    old = _phases.pop(key, None)
+    old = memory.phases.pop(key, None)
     if old is not None:
         metrics.RESOURCES_BY_PHASE.labels(kind=KIND, phase=old).dec()
     if phase is not None:
-        _phases[key] = phase
+        memory.phases[key] = phase
         metrics.RESOURCES_BY_PHASE.labels(kind=KIND, phase=phase).inc()
 
 
 def _wake_waiting() -> None:
-    for key in list(_waiting):
+    for key in list(memory.waiting):
         queue.add(key)
 
 

@@ -1,9 +1,9 @@
-"""What the TrainingJob controller observes: slim copies of pods for its index, and the writes it
-made that its watches have not shown yet.
+"""What the TrainingJob controller observes: slim copies of pods for its index, the writes it made
+that its watches have not shown yet, and `Memory`, everything the controller remembers in one
+object (a test builds one, inspects it and throws it away).
 
-Pure: no I/O; `now` is a parameter. `Expectations` is the controller's only memory besides the
-Kopf indexes, and losing it (a crash) costs nothing but a few redundant API calls: after a restart
-the indexes are filled from a fresh list before any reconcile runs.
+Pure: no I/O; `now` is a parameter. Losing the memory (a crash) costs nothing but a few redundant
+API calls: after a restart the indexes are filled from a fresh list before any reconcile runs.
 """
 
 from __future__ import annotations
@@ -139,3 +139,26 @@ class Expectations:
         if not created:
             self.created.pop(job, None)
         return list(out.values())
+
+
+Key = tuple[str, str]
+
+
+@dataclass
+class Memory:
+    """The TrainingJob controller's memory besides the Kopf indexes it holds references to."""
+
+    indices: dict[str, Any] = field(default_factory=dict)  # the Kopf indexes, by handler name
+    expectations: Expectations = field(default_factory=Expectations)
+    written: dict[Key, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # (rv before, body after)
+    waiting: set[Key] = field(default_factory=set)  # gangs waiting for GPUs (or elastic jobs that could grow)
+    phases: dict[Key, str] = field(default_factory=dict)  # as counted in loom_resources
+    nodes_seen: dict[str, tuple[bool, bool, int]] = field(default_factory=dict)  # (ready, cordoned, GPUs)
+    last_status_patch: dict[Key, float] = field(default_factory=dict)  # monotonic seconds
+
+    def forget(self, key: Key) -> None:
+        """A job that is gone: everything about it (its phase is uncounted by the caller)."""
+        self.last_status_patch.pop(key, None)
+        self.written.pop(key, None)
+        self.waiting.discard(key)
+        self.expectations.forget(key)
