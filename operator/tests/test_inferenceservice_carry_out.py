@@ -10,6 +10,7 @@ from test_inferenceservice_factories import Pod, make_isvc
 
 from loom.builders.inferenceservice import revision_hash
 from loom.controllers import inferenceservice as controller
+from loom.controllers.clock import Clock
 
 
 class Api:
@@ -147,3 +148,30 @@ def test_an_invalid_spec_gets_a_condition_and_an_event(api: Api) -> None:
     assert rollouts(api) == [] and ("event", "InvalidSpec") in api.calls
     stalled = api.status_patches[0]["status"]["conditions"][-1]
     assert stalled["reason"] == "InvalidSpec" and "spec.minReplicas" in stalled["message"]
+
+
+class SteppedClock(Clock):
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+
+def test_the_service_is_applied_when_it_changes_and_once_a_minute(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = SteppedClock()
+    monkeypatch.setattr(controller, "clock", clock)
+    pods, deployments = serving_stable()
+    memo: dict[str, Any] = {}
+
+    def services() -> int:
+        controller.reconcile(body(rolled_back_status()), memo, pods, deployments, {})
+        return sum(1 for c in api.calls if c[:2] == ("apply", "Service"))
+
+    assert services() == 1
+    clock.seconds += 30
+    assert services() == 1  # unchanged, and not watched: re-applied only after a minute
+    clock.seconds += 31
+    assert services() == 2

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -49,6 +49,7 @@ from loom.autoscaling.sources import (
     Target,
     UnusableMetric,
 )
+from loom.builders import inferenceservice_plan as rollout
 from loom.builders.common import (
     INVALID_SPEC,
     UNREADABLE_STATUS,
@@ -57,26 +58,19 @@ from loom.builders.common import (
     unreadable_status_message,
 )
 from loom.builders.inferenceservice import (
-    ANNOTATION_SPEC_HASH,
     DEFAULT_SIDECAR_IMAGE,
-    ObservedRevisions,
-    RevisionObservation,
     SidecarConfig,
-    desired_deployment,
     desired_replicas,
     desired_service,
-    plan_rollout,
-    revision_hash,
-    rollout_target,
 )
+from loom.builders.inferenceservice_plan import Apply, Delete, DeploymentWrite
 from loom.builders.inferenceservice_status import MetricProblem, Observed, build_status, events
+from loom.controllers.clock import Clock
 from loom.health.pods import (
     Issue,
     PodView,
     gpu_unhealthy,
     live,
-    plan_replacements,
-    rollout_failure,
     summarize,
     view,
 )
@@ -87,6 +81,7 @@ SIDECAR = SidecarConfig(image=os.environ.get("LOOM_SIDECAR_IMAGE") or DEFAULT_SI
 SERVICE_RESYNC_SECONDS = 60.0
 SCRAPER = ScrapeSource(os.environ.get("LOOM_METRICS_URL_TEMPLATE") or DEFAULT_URL_TEMPLATE)
 log = logging.getLogger(__name__)
+clock = Clock()
 
 
 def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -180,7 +175,7 @@ def reconcile(
     deployments: list[dict[str, Any]],
     bad_nodes: Mapping[str, str],
 ) -> None:
-    now = datetime.now(UTC)
+    now = clock.now()
     stored = parse_lenient(InferenceServiceStatus, body.get("status"))
     try:
         isvc = InferenceService.model_validate({k: v for k, v in body.items() if k != "status"})
@@ -192,53 +187,28 @@ def reconcile(
     previous = stored.value
     ns, name = isvc.metadata["namespace"], isvc.metadata["name"]
     views = [view(p, now) for p in pods]
-    by_rev = {d["metadata"]["labels"].get(LABEL_REVISION, ""): d for d in deployments}
-    latest = revision_hash(isvc, SIDECAR)
-
     decision, scaled_from, metric_problem = autoscale(isvc, views, memo)
-
-    stable = previous.revisions.latestReady
-    stable = stable if stable == latest or stable in by_rev else None
-    failed = list(previous.revisions.failed)
-    rollback = None
-    if stable and stable != latest and latest not in failed:
-        rollback = rollout_failure(views, latest, by_rev.get(latest), isvc.spec.health)
-        if rollback is not None:
-            failed.append(latest)
-            metrics.INFERENCE_ROLLBACKS.labels(reason=rollback.reason).inc()
-    observed = ObservedRevisions(
-        latest=latest,
-        stable=stable,
-        failed=frozenset(failed),
-        revisions=[_observation(rev, d, views) for rev, d in by_rev.items()],
-        hold=_canary_hold(isvc, views, latest, stable),
-    )
-    target = rollout_target(observed)
-
-    expected = sum(r.replicas for r in observed.revisions)
-    replacements = plan_replacements(
-        views, {target, stable or target}, bad_nodes, isvc.spec.health, isvc.spec.minReplicas, expected
-    )
-    replaced = _replace(ns, replacements.delete, replacements.issues)
-    plan = plan_rollout(isvc.spec, observed)
-    if replacements.surge:
-        plan[target] = plan.get(target, 0) + replacements.surge
-    apply_plan(isvc, latest, stable, frozenset(failed), plan, by_rev)
+    plan = rollout.decide(isvc, previous, views, deployments, bad_nodes, SIDECAR)
+    if plan.rollback is not None:
+        metrics.INFERENCE_ROLLBACKS.labels(reason=plan.rollback.reason).inc()
+    replaced = _replace(ns, plan.replacements.delete, plan.replacements.issues)
+    _write_deployments(ns, plan.writes)
     _ensure_service(isvc, memo)
 
-    revisions = set(by_rev) | {latest} | {v.revision for v in views}
+    revisions = {d["metadata"]["labels"].get(LABEL_REVISION, "") for d in deployments}
+    revisions |= {plan.latest} | {v.revision for v in views}
     o = Observed(
-        latest=latest,
-        target=target,
-        stable=stable,
-        failed=tuple(failed),
+        latest=plan.latest,
+        target=plan.target,
+        stable=plan.stable,
+        failed=plan.failed,
         summaries={r: summarize(views, r) for r in revisions if r},
-        plan=plan,
+        plan=plan.replicas,
         desired=desired_replicas(isvc.spec),
-        rollback=rollback,
+        rollback=plan.rollback,
         decision=decision,
         scaled_from=scaled_from,
-        replacements=replacements,
+        replacements=plan.replacements,
         replaced=replaced,
         metric_problem=metric_problem,
     )
@@ -265,24 +235,6 @@ def _hold(body: Mapping[str, Any], reason: str, message: str, now: datetime) -> 
         kube.event(dict(body), reason, message, type_="Warning")
 
 
-def _observation(revision: str, deployment: Mapping[str, Any], views: list[PodView]) -> RevisionObservation:
-    return RevisionObservation(
-        name=revision,
-        replicas=int(deployment["spec"].get("replicas") or 0),
-        ready=summarize(views, revision).ready,
-        created=str(deployment["metadata"].get("creationTimestamp") or ""),
-    )
-
-
-def _canary_hold(isvc: InferenceService, views: list[PodView], latest: str, stable: str | None) -> bool:
-    """Keep the canary at its first step until one of its pods has been Ready for promoteAfterSeconds."""
-    wait = isvc.spec.canary.promoteAfterSeconds if isvc.spec.canary else 0
-    if not wait or not stable or stable == latest:
-        return False
-    ready = [v.ready_seconds or 0.0 for v in live(views) if v.revision == latest and v.ready]
-    return not ready or max(ready) < wait
-
-
 def autoscale(
     isvc: InferenceService, views: list[PodView], memo: Any
 ) -> tuple[Decision | None, int | None, MetricProblem | None]:
@@ -306,7 +258,7 @@ def autoscale(
     source = PrometheusSource(prometheus.url, prometheus.query) if prometheus else SCRAPER
     problem: MetricProblem | None = None
     try:
-        value = source.sample(target, time.time()) if ready or prometheus else None
+        value = source.sample(target, clock.time()) if ready or prometheus else None
     except UnusableMetric as e:
         value, problem = None, MetricProblem(e.reason, e.message)
         metrics.AUTOSCALER_UNUSABLE_SAMPLES.labels(ns, name, e.reason).inc()
@@ -315,7 +267,7 @@ def autoscale(
     current = desired_replicas(spec)
     state = memo.get("scaler") or ScalerState()
     decision, memo["scaler"] = decide(
-        ScalerSpec.from_spec(spec), Observation(value, len(ready), current), state, time.monotonic()
+        ScalerSpec.from_spec(spec), Observation(value, len(ready), current), state, clock.monotonic()
     )
     if value is not None:
         metrics.AUTOSCALER_METRIC.labels(ns, name).set(value)
@@ -340,50 +292,15 @@ def _replace(namespace: str, victims: Iterable[PodView], issues: Iterable[Issue]
     return None
 
 
-def apply_plan(
-    isvc: InferenceService,
-    latest: str,
-    stable: str | None,
-    failed: frozenset[str],
-    plan: Mapping[str, int],
-    by_rev: Mapping[str, dict[str, Any]],
-) -> None:
-    """Make each revision's Deployment match the plan, touching only what differs.
-
-    The latest revision is applied whole (server-side apply); older ones only change replicas, as
-    their templates are no longer in the spec. The stable revision is kept (at 0 if need be) until a
-    newer one replaces it, so a rollback always has something to return to; the rest are deleted.
-    """
-    ns = isvc.metadata["namespace"]
-
-    def change(item: tuple[str, int]) -> int:
-        existing = by_rev.get(item[0])
-        return item[1] - int(existing["spec"].get("replicas") or 0) if existing else item[1]
-
-    for rev, replicas in sorted(plan.items(), key=change):  # shrink old revisions before growing new ones
-        existing = by_rev.get(rev)
-        if rev == latest and rev not in failed:
-            desired = desired_deployment(isvc, rev, replicas, SIDECAR)
-            if existing is None or _differs(existing, desired):
-                kube.apply(desired)
-        elif existing is None:
-            continue
-        elif replicas == 0 and rev != stable:
-            kube.delete(
-                "apps/v1", "Deployment", existing["metadata"]["name"], ns, uid=existing["metadata"]["uid"]
-            )
-        elif existing["spec"].get("replicas") != replicas:
-            kube.patch(
-                "apps/v1", "Deployment", existing["metadata"]["name"], ns, {"spec": {"replicas": replicas}}
-            )
-
-
-def _differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    annotations = existing["metadata"].get("annotations") or {}
-    return bool(
-        annotations.get(ANNOTATION_SPEC_HASH) != desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
-        or existing["spec"].get("replicas") != desired["spec"]["replicas"]
-    )
+def _write_deployments(namespace: str, writes: Iterable[DeploymentWrite]) -> None:
+    """The plan's Deployment writes, in its order (old revisions shrink before new ones grow)."""
+    for write in writes:
+        if isinstance(write, Apply):
+            kube.apply(write.deployment)
+        elif isinstance(write, Delete):
+            kube.delete("apps/v1", "Deployment", write.name, namespace, uid=write.uid)
+        else:
+            kube.patch("apps/v1", "Deployment", write.name, namespace, {"spec": {"replicas": write.replicas}})
 
 
 def _ensure_service(isvc: InferenceService, memo: Any) -> None:
@@ -391,9 +308,9 @@ def _ensure_service(isvc: InferenceService, memo: Any) -> None:
     service = desired_service(isvc)
     digest = hashlib.sha256(json.dumps(service, sort_keys=True).encode()).hexdigest()
     applied = memo.get("service") or ("", 0.0)
-    if applied[0] != digest or time.monotonic() - applied[1] > SERVICE_RESYNC_SECONDS:
+    if applied[0] != digest or clock.monotonic() - applied[1] > SERVICE_RESYNC_SECONDS:
         kube.apply(service)
-        memo["service"] = (digest, time.monotonic())
+        memo["service"] = (digest, clock.monotonic())
 
 
 def _record_metrics(ns: str, name: str, status: InferenceServiceStatus, decision: Decision | None) -> None:
