@@ -53,12 +53,13 @@ class Prepared:
     window: Window
     source: WindowSource
     run_id: str
+    rows: int
     started: float = field(default_factory=time.monotonic)
 
     def partitions(self, parallelism: int) -> int:
         """Hash partitions: at least the engine's parallelism, at most LOOM_PARTITION_ROWS rows each."""
         limit = int(os.environ.get(ENV_PARTITION_ROWS, DEFAULT_PARTITION_ROWS))
-        return max(1, parallelism, math.ceil(self.source.count_rows() / max(1, limit)))
+        return max(1, parallelism, math.ceil(self.rows / max(1, limit)))
 
 
 def prepare(pipeline: FeaturePipeline, window: Window) -> Prepared:
@@ -68,7 +69,10 @@ def prepare(pipeline: FeaturePipeline, window: Window) -> Prepared:
         writer.close()
     source = open_window(pipeline.spec.source, window)
     preflight(pipeline, source.schema)
-    return Prepared(pipeline=pipeline, window=window, source=source, run_id=new_run_id(window))
+    rows = (
+        source.count_rows()
+    )  # row-group statistics, mostly; an unreadable file fails here, before the engine
+    return Prepared(pipeline=pipeline, window=window, source=source, run_id=new_run_id(window), rows=rows)
 
 
 def preflight(pipeline: FeaturePipeline, schema: pa.Schema) -> None:
