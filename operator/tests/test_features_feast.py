@@ -737,9 +737,12 @@ def test_the_commands_carry_those_bytes(when: dt.datetime) -> None:
     for row in range(n):
         assert _resp_args(encoded.keys[row].as_py()) == [keys[row]]
         args = _resp_args(encoded.args[row].as_py())
-        assert encoded.argc_cumsum[row + 1] - encoded.argc_cumsum[row] == len(args) == 3 + 2 * len(values)
+        assert encoded.argc_cumsum[row + 1] - encoded.argc_cumsum[row] == len(args) == 3 + len(values)
         seconds, rest = divmod(int(micros[row]), 1_000_000)
         assert args[0] == stamps[row]
         assert int(args[1]) == seconds and int(args[2]) == rest * 1000
-        pairs = dict(zip(args[3::2], args[4::2], strict=True))
-        assert pairs == {F.field_name("fv", name): v[row] for name, v in values.items()}
+        assert args[3:] == [v[row] for v in values.values()]
+    assert encoder.fields == [F.field_name("fv", name) for name in values]
+    command = next(F.commands(encoded, "0" * 40, "_ts:fv", 0, encoder.fields))
+    fixed = _resp_args(bytes(command[2]))
+    assert fixed == [b"_ts:fv", b"0", b"%d" % len(values), *encoder.fields]

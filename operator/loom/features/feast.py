@@ -40,23 +40,24 @@ import pyarrow.compute as pc
 
 from loom.api.featurepipeline import FeastEntityType, FeastLayout, OnlineFormat, RedisSink
 from loom.features.errors import bad_input
-from loom.features.online import Encoded, RedisWriter, commands
+from loom.features.online import CHUNK_ENTITIES, Encoded, RedisWriter
 
 TS_PREFIX = "_ts:"
-SLICE_ROWS = 16 * 1024
 INT64_MIN = -(2**63)  # Feast's NULL_TIMESTAMP_INT_VALUE: np.datetime64("NaT").astype(int)
 U8 = np.uint8
 Matrix = np.ndarray[Any, np.dtype[np.uint8]]
 Ints = np.ndarray[Any, np.dtype[np.int64]]
 
-# KEYS: the chunk's entity keys. ARGV: `_ts:<featureView>`, ttl ms (0: none), then per entity the same
-# count of values: serialized Timestamp, its seconds, its nanos, then field/value pairs.
+# KEYS: the chunk's entity keys. ARGV: `_ts:<featureView>`, ttl ms (0: none), the number of features f,
+# their f hash fields; then per entity: serialized Timestamp, its seconds, its nanos, the f values.
 SCRIPT = """
-local tsf, ttl = ARGV[1], tonumber(ARGV[2])
+local tsf, ttl, nf = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local n = #KEYS
 if n == 0 then return 0 end
-local stride = (#ARGV - 2) / n
+local stride = 3 + nf
 local byte, call = string.byte, redis.call
+local args = {tsf, false}
+for k = 1, nf do args[2 * k + 1] = ARGV[3 + k] end
 -- a protobuf varint at s[i]: its value (int64 two's complement when 10 bytes) and the next index
 local function varint(s, i)
   local start, v, m = i, 0, 1
@@ -101,12 +102,14 @@ local function due(old, sec, nanos)
   if osec ~= sec then return osec < sec end
   return onanos <= nanos
 end
-local written, p = 0, 3
+local written, p = 0, 4 + nf
 for i = 1, n do
   local key = KEYS[i]
   local old = call('HGET', key, tsf)
   if not old or due(old, ARGV[p + 1], ARGV[p + 2]) then
-    call('HSET', key, tsf, ARGV[p], unpack(ARGV, p + 3, p + stride - 1))
+    args[2] = ARGV[p]
+    for k = 1, nf do args[2 * k + 2] = ARGV[p + 2 + k] end
+    call('HSET', key, unpack(args))
     if ttl > 0 then call('PEXPIRE', key, ttl) end
     written = written + 1
   end
@@ -668,8 +671,8 @@ class FeastEncoder:
         self.columns = feast_schema(schema, keys, timestamp, layout)
         self.project = layout.project
         view = layout.featureView
-        self.fields = [_bulk(field_name(view, name)) for name, _ in self.columns.features]
-        self.argc = 3 + 2 * len(self.columns.features)
+        self.fields = [field_name(view, name) for name, _ in self.columns.features]
+        self.argc = 3 + len(self.columns.features)
 
     def encode(self, batch: pa.RecordBatch) -> Encoded:
         n = batch.num_rows
@@ -687,8 +690,7 @@ class FeastEncoder:
                 args.resp(count).fixed(digits, count).const(b"\r\n")
             else:
                 args.const(b"$%d\r\n" % text.shape[1]).fixed(text).const(b"\r\n")
-        for (name, field), fname in zip(self.columns.features, self.fields, strict=True):
-            args.const(fname)
+        for name, field in self.columns.features:
             add_value(args, batch.column(name), field, resp=True)
         return Encoded(
             keys=keys.build(), args=args.build(), argc_cumsum=np.arange(n + 1, dtype=np.int64) * self.argc
@@ -720,8 +722,30 @@ class FeastWriter(RedisWriter):
         return self._encoder
 
     def _commands(self, batch: pa.RecordBatch) -> Iterator[list[Any]]:
-        """The batch's EVALSHA chunks, encoded a slice at a time: the next slice is encoded while Redis
-        works through the chunks in flight."""
+        """The batch's EVALSHA chunks, encoded now (on the writer's helper thread: while the previous
+        batch's chunks are sent)."""
         encoder = self.encoder(batch.schema)
-        for start in range(0, batch.num_rows, SLICE_ROWS):
-            yield from commands(encoder.encode(batch.slice(start, SLICE_ROWS)), self._sha, self.layout)
+        return commands(
+            encoder.encode(batch), self._sha, self.layout.ts_field, self.layout.ttl_ms, encoder.fields
+        )
+
+
+def commands(
+    encoded: Encoded, sha: str, ts: str, ttl_ms: int, fields: Sequence[bytes], chunk: int = CHUNK_ENTITIES
+) -> Iterator[list[Any]]:
+    """One EVALSHA of SCRIPT per chunk of entities, as buffers to send: header, keys, fixed args, rows."""
+    key_off, key_data = _flat(encoded.keys)
+    arg_off, arg_data = _flat(encoded.args)
+    fixed = b"".join(_bulk(x) for x in [ts.encode(), b"%d" % ttl_ms, b"%d" % len(fields), *fields])
+    for a in range(0, len(encoded), chunk):
+        b = min(a + chunk, len(encoded))
+        nargs = 3 + (b - a) + 3 + len(fields) + int(encoded.argc_cumsum[b] - encoded.argc_cumsum[a])
+        header = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n%s" % (nargs, sha.encode(), _bulk(b"%d" % (b - a)))
+        yield [header, key_data[key_off[a] : key_off[b]], fixed, arg_data[arg_off[a] : arg_off[b]]]
+
+
+def _flat(values: pa.LargeBinaryArray) -> tuple[Ints, memoryview]:
+    """The offsets and the data buffer of a large_binary array: row i is data[off[i]:off[i+1]]."""
+    buffers = values.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+    return offsets, memoryview(buffers[2] if buffers[2] is not None else b"")
