@@ -8,6 +8,7 @@ from pathlib import Path
 
 from loom.crd import RESOURCES, crd_path, render, write_crds
 from loom.features.cli import add_commands as add_feature_commands
+from loom.gpu.cli import add_commands as add_gpu_commands
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     crds.set_defaults(func=_crds)
 
     add_feature_commands(commands)
+    add_gpu_commands(commands)
 
     args = parser.parse_args(argv)
     result: int = args.func(args)

@@ -57,8 +57,30 @@ def dynamic() -> DynamicClient:
             load_config()
             configuration = client.Configuration.get_default_copy()
             configuration.connection_pool_maxsize = 32
-            _dynamic = DynamicClient(client.ApiClient(configuration))
+            api = client.ApiClient(configuration)
+            _count_responses(api)
+            _dynamic = DynamicClient(api)
         return _dynamic
+
+
+def _count_responses(api: client.ApiClient) -> None:
+    """Count every response Loom's client gets, by HTTP method and status code
+    (loom_api_responses_total; code 0: no answer, e.g. a refused connection)."""
+    request: Callable[..., Any] = api.rest_client.request
+
+    def counted(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = request(method, url, *args, **kwargs)
+        except ApiException as e:
+            metrics.API_RESPONSES.labels(verb=method.upper(), code=str(e.status or 0)).inc()
+            raise
+        except Exception:
+            metrics.API_RESPONSES.labels(verb=method.upper(), code="0").inc()
+            raise
+        metrics.API_RESPONSES.labels(verb=method.upper(), code=str(response.status)).inc()
+        return response
+
+    setattr(api.rest_client, "request", counted)  # noqa: B010 - mypy: no assigning to a method
 
 
 def retrying(fn: Callable[..., T]) -> Callable[..., T]:
@@ -207,3 +229,85 @@ def _event_body(involved: dict[str, Any], reason: str, message: str, type_: str)
         "lastTimestamp": now.isoformat(),
         "count": 1,
     }
+
+
+@retrying
+def get(api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
+    """One object as the API server has it now; None when it does not exist."""
+    metrics.API_REQUESTS.labels(operation="get", kind=kind).inc()
+    try:
+        found: dict[str, Any] = _resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+    except NotFoundError:
+        return None
+    return found
+
+
+@retrying
+def patch_strategic(
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str | None,
+    body: dict[str, Any],
+    *,
+    subresource: str | None = None,
+) -> dict[str, Any] | None:
+    """Strategic merge patch of a built-in object (lists with a merge key, such as a node's conditions,
+    merge by that key: the kubelet's conditions stay); None when it is gone."""
+    metrics.API_REQUESTS.labels(operation=f"patch{subresource or ''}", kind=kind).inc()
+    resource = _resource(api_version, kind)
+    if subresource:
+        resource = getattr(resource, subresource)
+    try:
+        result = resource.patch(
+            name=name,
+            namespace=namespace,
+            body=body,
+            content_type="application/strategic-merge-patch+json",
+            field_manager=FIELD_MANAGER,
+        )
+    except NotFoundError:
+        return None
+    patched: dict[str, Any] = result.to_dict()
+    return patched
+
+
+def modify(
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str | None,
+    change: Callable[[dict[str, Any]], dict[str, Any] | None],
+    *,
+    attempts: int = 5,
+) -> dict[str, Any] | None:
+    """Read, change, write with optimistic concurrency: `change(obj)` returns the merge patch to send
+    (None: nothing to change), which should carry the object's metadata.resourceVersion, so that a
+    write in between is a conflict (409); then the object is read again and `change` asked again.
+    Returns the object as written (or as read, when nothing changed); None when it is gone."""
+    for attempt in range(attempts):
+        obj = get(api_version, kind, name, namespace)
+        if obj is None:
+            return None
+        body = change(obj)
+        if body is None:
+            return obj
+        metrics.API_REQUESTS.labels(operation="patch", kind=kind).inc()
+        try:
+            result = _resource(api_version, kind).patch(
+                name=name,
+                namespace=namespace,
+                body=body,
+                content_type="application/merge-patch+json",
+                field_manager=FIELD_MANAGER,
+            )
+        except NotFoundError:
+            return None
+        except ApiException as e:
+            if e.status == 409 and attempt < attempts - 1:
+                continue
+            metrics.API_ERRORS.labels(operation="modify", code=str(e.status)).inc()
+            raise
+        written: dict[str, Any] = result.to_dict()
+        return written
+    raise AssertionError("unreachable")

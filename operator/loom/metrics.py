@@ -10,7 +10,15 @@ API_REQUESTS = Counter(
 API_ERRORS = Counter(
     "loom_api_errors_total", "Requests to the API server that failed for good.", ["operation", "code"]
 )
+API_RESPONSES = Counter(
+    "loom_api_responses_total",
+    "Responses Loom's client got from the API server, by HTTP method and status code (0: no answer).",
+    ["verb", "code"],
+)
 RECONCILE_ERRORS = Counter("loom_reconcile_errors_total", "Reconciles that raised an error.", ["kind"])
+WORKQUEUE_DEPTH = Gauge(
+    "loom_workqueue_depth", "Keys waiting in a controller's work queue (not yet taken by a worker).", ["kind"]
+)
 RECONCILE_SECONDS = Histogram(
     "loom_reconcile_seconds",
     "Time spent in one reconcile.",
@@ -56,6 +64,12 @@ INFERENCE_POD_REPLACEMENTS = Counter(
 )
 INFERENCE_ROLLBACKS = Counter(
     "loom_inferenceservice_rollbacks_total", "Revisions rolled back automatically, by reason.", ["reason"]
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "loom_inferenceservice_model_load_seconds",
+    "Seconds a serving pod's model sidecar took to stage the model (from its start to its startup probe "
+    "passing), observed once per pod.",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200),
 )
 
 # TrainingJob: phases come from RESOURCES_BY_PHASE{kind="TrainingJob"}.

@@ -26,11 +26,14 @@ SIDECAR_CONTAINER = "loom-sidecar"
 MODEL_VOLUME = "loom-models"
 LABEL_SERVICE = "loom.ml/inferenceservice"
 LABEL_REVISION = "loom.ml/revision"
-# Loom's GPU agent marks nodes whose GPUs fail health checks with this label (value `unhealthy`)
-# or with a node condition GPUHealthy=False; serving pods there are replaced and new ones avoid them.
+# Nodes whose GPUs failed: Loom's GPU agent (`loom gpu-agent`) sets the node condition GPUHealthy=False
+# and the taint loom.ml/gpu-unhealthy:NoSchedule; people may label them loom.ml/gpu-health=unhealthy.
+# Any of the three marks a node GPU-unhealthy: serving pods there are replaced, TrainingJob gangs there
+# restart elsewhere, and new pods avoid such nodes.
 GPU_HEALTH_LABEL = "loom.ml/gpu-health"
 GPU_UNHEALTHY = "unhealthy"
 GPU_HEALTH_CONDITION = "GPUHealthy"
+GPU_UNHEALTHY_TAINT = "loom.ml/gpu-unhealthy"
 
 
 class ModelFormat(StrEnum):

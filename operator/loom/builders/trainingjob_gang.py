@@ -17,16 +17,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loom.builders.trainingjob import GANG_GATE, GPU, pod_gpus, quantity_int
+from loom.health.pods import gpu_unhealthy
 
 
 @dataclass(frozen=True)
 class Node:
+    """`ready`: Ready, and its GPUs not marked unhealthy (`gpu_problem` says why they are): a node whose
+    GPUs failed is as lost to a gang as a NotReady one (its pods restart elsewhere, it is excluded)."""
+
     name: str
     ready: bool = True
     unschedulable: bool = False
     gpus: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)
     taints: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect)
+    gpu_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,13 +57,15 @@ def node_from(body: Mapping[str, Any]) -> Node:
         for t in spec.get("taints") or []
         if t.get("effect") in ("NoSchedule", "NoExecute")
     )
+    gpu_problem = gpu_unhealthy(body)
     return Node(
         name=body["metadata"]["name"],
-        ready=ready,
+        ready=ready and gpu_problem is None,
         unschedulable=bool(spec.get("unschedulable")),
         gpus=quantity_int((status.get("allocatable") or {}).get(GPU)),
         labels=dict(body["metadata"].get("labels") or {}),
         taints=taints,
+        gpu_problem=gpu_problem,
     )
 
 

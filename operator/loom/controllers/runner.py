@@ -16,6 +16,7 @@ CONTROLLER_MODULES = (
     "loom.controllers.trainingjob",
     "loom.controllers.inferenceservice",
     "loom.controllers.featurepipeline",
+    "loom.controllers.observers",
 )
 
 

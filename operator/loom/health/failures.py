@@ -60,7 +60,7 @@ class Failure:
             text = f"{where} exited with code {self.exit_code}"
             text += " (OOMKilled)" if self.kind is FailureKind.OOM_KILLED else ""
         elif self.kind is FailureKind.NODE_LOST:
-            text = f"{where}: node {self.node} is lost or NotReady"
+            text = f"{where}: node {self.node} is lost, NotReady or GPU-unhealthy"
         elif self.kind is FailureKind.DELETED:
             text = f"{where} was deleted while the gang was running"
         else:

@@ -22,6 +22,7 @@ from loom.api.inferenceservice import (
     GPU_HEALTH_CONDITION,
     GPU_HEALTH_LABEL,
     GPU_UNHEALTHY,
+    GPU_UNHEALTHY_TAINT,
     LABEL_REVISION,
     MODEL_VOLUME,
     SIDECAR_CONTAINER,
@@ -194,6 +195,21 @@ def pod_model(pod: Mapping[str, Any]) -> PodModel:
     return PodModel(ModelState.LOADING, "PodInitializing", "waiting for the sidecar to start")
 
 
+def model_load_seconds(pod: Mapping[str, Any]) -> float | None:
+    """Seconds the sidecar took to stage the model: from its container's start to the pod's
+    Initialized condition turning True (a native sidecar counts once its startup probe, the model
+    staged, passed); None until the model is Loaded or when either time is missing."""
+    sidecar = sidecar_status(pod)
+    if sidecar is None or not sidecar.get("started"):
+        return None
+    started = parse_time(((sidecar.get("state") or {}).get("running") or {}).get("startedAt"))
+    initialized = _condition(pod, "Initialized") or {}
+    done = parse_time(initialized.get("lastTransitionTime")) if initialized.get("status") == "True" else None
+    if started is None or done is None:
+        return None
+    return max(0.0, (done - started).total_seconds())
+
+
 def is_ready(pod: Mapping[str, Any]) -> bool:
     condition = _condition(pod, "Ready")
     return bool(condition and condition.get("status") == "True")
@@ -252,13 +268,17 @@ def view(pod: Mapping[str, Any], now: datetime) -> PodView:
 
 
 def gpu_unhealthy(node: Mapping[str, Any]) -> str | None:
-    """Why a node's GPUs are unhealthy (label loom.ml/gpu-health=unhealthy or GPUHealthy=False), or None."""
+    """Why a node's GPUs are unhealthy (label loom.ml/gpu-health=unhealthy, GPUHealthy=False, or the
+    taint loom.ml/gpu-unhealthy that Loom's GPU agent sets with the condition), or None."""
     meta = node.get("metadata") or {}
     if (meta.get("labels") or {}).get(GPU_HEALTH_LABEL) == GPU_UNHEALTHY:
         return f"node {meta.get('name')} is labelled {GPU_HEALTH_LABEL}={GPU_UNHEALTHY}"
     condition = _condition(node, GPU_HEALTH_CONDITION)
     if condition and condition.get("status") == "False":
         return f"node {meta.get('name')}: {GPU_HEALTH_CONDITION}=False {condition.get('message', '')}".strip()
+    taints = (node.get("spec") or {}).get("taints") or []
+    if any(t.get("key") == GPU_UNHEALTHY_TAINT for t in taints):
+        return f"node {meta.get('name')} is tainted {GPU_UNHEALTHY_TAINT}"
     return None
 
 
