@@ -11,12 +11,12 @@ CPU_NODES ?= 2
 GPUS_PER_NODE ?= 8
 
 .PHONY: help deps venv crds lint test test-unit test-e2e test-sidecar sidecar fuzz bench bench-sidecar \
-        bench-training bench-inference cluster-build cluster-up cluster-down demo demo-stop gpu-check clean
+        bench-training bench-inference bench-features cluster-build cluster-up cluster-down demo demo-stop gpu-check clean
 
 help:
 	@echo "make demo    local cluster + CRDs + operator + examples, then kubectl get of the three kinds"
 	@echo "make test    lint, unit tests, C++ sidecar tests, e2e against the local cluster"
-	@echo "make bench   all benchmarks (bench-sidecar, bench-training, bench-inference)"
+	@echo "make bench   all benchmarks (bench-sidecar, bench-training, bench-inference, bench-features)"
 	@echo "make cluster-up / cluster-down   start / remove the local KWOK cluster"
 
 deps:  ## system packages (Debian): compilers and libraries for the sidecar, redis for the feature tests
@@ -74,7 +74,7 @@ demo-stop:
 	./scripts/demo.sh stop
 	./e2e/cluster/down.sh
 
-bench: bench-sidecar bench-training bench-inference
+bench: bench-sidecar bench-training bench-inference bench-features
 
 bench-sidecar: deps venv
 	$(VENV)/bin/pip install -q -e '.[bench]'
@@ -85,6 +85,11 @@ bench-training: venv cluster-build
 
 bench-inference: venv cluster-build
 	$(VENV)/bin/python e2e/bench/inference_bench.py
+
+# FeaturePipeline runtime vs bare DuckDB, redis-benchmark, Feast's materialize, Spark, Ray (issues 8, 9)
+bench-features: deps venv
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(VENV)/bin/python bench/features/features_bench.py
 
 gpu-check: deps venv
 	./sidecar_native/scripts/gpu_check.sh
