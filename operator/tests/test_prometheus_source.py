@@ -1,30 +1,19 @@
 """PrometheusSource against a real Prometheus server (Debian's `prometheus`, installed by
-scripts/install-deps.sh) on a free loopback port, scraping a small exporter this test serves."""
+scripts/install-deps.sh, started by e2e/prometheus.py) on a free loopback port, scraping a small
+exporter this test serves."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import socket
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from e2e.prometheus import Prometheus, free_port
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from loom.autoscaling.sources import PodTarget, PrometheusSource, Target, UnusableMetric
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Exporter:
@@ -38,66 +27,22 @@ class Exporter:
             ["namespace", "service", "pod"],
             registry=self.registry,
         )
-        self.port = _free_port()
+        self.port = free_port()
         self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
-
-
-def _get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
 
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Exporter]]:
-    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
-    if not Path(binary).exists():
-        pytest.fail("no prometheus binary: install Debian's prometheus package (scripts/install-deps.sh)")
     exporter = Exporter()
     exporter.inflight.labels("ns", "ranker", "a").set(3)
     exporter.inflight.labels("ns", "ranker", "b").set(4.5)
     exporter.inflight.labels("ns", "idle", "c").set(0)
-    work = tmp_path_factory.mktemp("prometheus")
-    config = work / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"- job_name: pods\n  static_configs: [{{targets: ['127.0.0.1:{exporter.port}']}}]\n"
-    )
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = (work / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={work / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    server = Prometheus(tmp_path_factory.mktemp("prometheus"), {"pods": [f"127.0.0.1:{exporter.port}"]})
     try:
-        deadline = time.monotonic() + 60
-        while True:  # up, and the exporter scraped at least once
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"prometheus exited with {proc.returncode}:\n{(work / 'prometheus.log').read_text()}"
-                )
-            try:
-                reply = _get_json(f"{base}/api/v1/query?query=count(loom_inflight_requests)")
-                if isinstance(reply, dict) and reply["data"]["result"]:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"prometheus never scraped the exporter:\n{(work / 'prometheus.log').read_text()}"
-                )
-            time.sleep(0.2)
-        yield base, exporter
+        server.start(ready="count(loom_inflight_requests)")  # up, and the exporter scraped at least once
+        yield server.base, exporter
     finally:
-        proc.terminate()
-        proc.wait(20)
+        server.stop()
         exporter.server.shutdown()
 
 
