@@ -58,7 +58,8 @@ class Prometheus:
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "rule_files": [str(p) for p in rule_files],
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": list(targets)}]} for job, targets in jobs.items()
+                {"job_name": job, "static_configs": [{"targets": list(targets)}]}
+                for job, targets in jobs.items()
             ],
         }
         self.config = workdir / "prometheus.yml"
@@ -102,7 +103,9 @@ class Prometheus:
             if found:
                 return found
             if time.monotonic() > deadline:
-                raise PrometheusError(f"timed out after {timeout}s waiting for {what}:\n{self.logs()[-3000:]}")
+                raise PrometheusError(
+                    f"timed out after {timeout}s waiting for {what}:\n{self.logs()[-3000:]}"
+                )
             time.sleep(0.2)
 
     def logs(self) -> str:

@@ -21,10 +21,14 @@ RULE = MONITORING / "prometheusrule-loom.yaml"
 DASHBOARD = MONITORING / "grafana-dashboard-loom.json"
 
 
-def promtool(*args: str, cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def promtool(
+    *args: str, cwd: Path | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("promtool")
     if binary is None:
-        pytest.fail("promtool is not installed: install Debian's prometheus package (scripts/install-deps.sh)")
+        pytest.fail(
+            "promtool is not installed: install Debian's prometheus package (scripts/install-deps.sh)"
+        )
     return subprocess.run([binary, *args], cwd=cwd, input=input, capture_output=True, text=True, timeout=120)
 
 
@@ -48,9 +52,7 @@ def test_the_rules_load_and_each_alert_is_unit_tested(tmp_path: Path) -> None:
         "LoomGPUUnhealthy",
         "LoomFeatureFreshnessOverBound",
     } <= alerts
-    fires = {
-        t["alertname"] for case in tests for t in case.get("alert_rule_test", []) if t.get("exp_alerts")
-    }
+    fires = {t["alertname"] for case in tests for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
     assert fires == alerts, "every alert has a case where it fires"
 
 
@@ -79,10 +81,16 @@ def test_promtool_accepts_the_operators_metrics() -> None:
     metrics.FEATURE_RUNS.labels("ns", "clicks", "local", "Succeeded").inc()
     metrics.FEATURE_RUN_SECONDS.labels("local", "Succeeded").observe(5)
     text = generate_latest().decode()
-    for name in ("loom_api_responses_total", "loom_workqueue_depth", "loom_inferenceservice_model_load_seconds"):
+    for name in (
+        "loom_api_responses_total",
+        "loom_workqueue_depth",
+        "loom_inferenceservice_model_load_seconds",
+    ):
         assert name in text
     result = promtool("check", "metrics", input=text)
-    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr
+    )
 
 
 def test_the_dashboard_has_the_panels_it_promises() -> None:
@@ -100,7 +108,9 @@ def test_the_dashboard_has_the_panels_it_promises() -> None:
         "Feature freshness",
     } <= titles
     exprs = [t["expr"] for p in panels for t in p["targets"]]
-    assert any("DCGM_FI_DEV_GPU_UTIL" in e for e in exprs) and any("loom_gpu_node_healthy" in e for e in exprs)
+    assert any("DCGM_FI_DEV_GPU_UTIL" in e for e in exprs) and any(
+        "loom_gpu_node_healthy" in e for e in exprs
+    )
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     assert all(p["datasource"] == {"type": "prometheus", "uid": "${datasource}"} for p in panels)

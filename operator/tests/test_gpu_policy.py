@@ -121,12 +121,23 @@ def test_non_fatal_faults_are_reported_but_never_make_the_node_unhealthy() -> No
     assert state.fatal == {}
 
 
-def test_latest_fault_first_and_every_xid_event_is_new() -> None:
+def test_the_root_cause_first_and_every_xid_event_is_new() -> None:
     state = HealthState()
     _, state = decide(state, [xid("GPU-aaa", 48)], 0.0, 100.0)
     verdict, state = decide(state, [xid("GPU-bbb", 79), xid("GPU-aaa", 48)], 5.0, 100.0)
-    assert [f.reason for f in verdict.faults][:1] in (["XID79"], ["XID48"])
-    assert {f.reason for f in verdict.faults} == {"XID79", "XID48"}
+    assert [f.reason for f in verdict.faults] == ["XID48", "XID79"]  # the first seen leads
     assert [f.reason for f in verdict.new] == ["XID79", "XID48"]
     verdict, _ = decide(state, [xid("GPU-bbb", 79)], 50.0, 100.0)
-    assert verdict.faults[0].reason == "XID79" and verdict.recovers_at == 150.0
+    assert verdict.faults[0].reason == "XID48" and verdict.recovers_at == 150.0
+
+
+def test_an_xid_explains_the_lost_gpu_it_causes_and_the_reason_holds() -> None:
+    lost = faults(GPUS, {0: Reading(lost=True)}, [])
+    verdict, state = decide(HealthState(), [*lost, xid("GPU-aaa", 79)], 0.0, 60.0)
+    assert [f.reason for f in verdict.faults] == ["XID79", "GPULost"]
+    for t in (1.0, 2.0, 90.0):
+        verdict, state = decide(state, lost, t, 60.0)
+    assert verdict.reason == "GPULost"  # XID 79 was last seen over a healthy period ago
+    verdict, state = decide(HealthState(), [*lost, xid("GPU-aaa", 79)], 0.0, 60.0)
+    verdict, state = decide(state, lost, 30.0, 60.0)
+    assert verdict.reason == "XID79"  # tick after tick: the condition is not rewritten

@@ -203,15 +203,16 @@ def faults(
 
 @dataclass(frozen=True)
 class HealthState:
-    """What the verdict remembers between ticks: each fatal fault with the time it was last seen."""
+    """What the verdict remembers between ticks: each fatal fault with when it was first and last seen."""
 
-    fatal: Mapping[tuple[str, str], tuple[Fault, float]] = field(default_factory=dict)
+    fatal: Mapping[tuple[str, str], tuple[Fault, float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """`faults`: the fatal faults that keep the node unhealthy, latest first; empty when healthy.
-    `new`: faults not seen in the previous tick (every XID event is new), for events and logs."""
+    """`faults`: the fatal faults that keep the node unhealthy, the first seen (the root cause: an XID
+    before the lost GPU it explains) first; empty when healthy. `new`: faults not seen in the previous
+    tick (every XID event is new), for events and logs."""
 
     faults: tuple[Fault, ...] = ()
     new: tuple[Fault, ...] = ()
@@ -235,16 +236,13 @@ def decide(
     new = tuple(f for f in observed if f.xid is not None or f.key not in fatal)
     for fault in observed:
         if fault.is_fatal:
-            fatal[fault.key] = (fault, now)
-    fatal = {k: v for k, v in fatal.items() if now - v[1] < healthy_period}
-    ordered = sorted(fatal.values(), key=lambda v: v[1], reverse=True)
-    recovers_at = max((t for _, t in ordered), default=None)
+            first = fatal[fault.key][1] if fault.key in fatal else now
+            fatal[fault.key] = (fault, first, now)
+    fatal = {k: v for k, v in fatal.items() if now - v[2] < healthy_period}
+    ordered = sorted(fatal.values(), key=lambda v: (v[1], v[0].xid is None, v[0].gpu, v[0].reason))
+    last = max((seen for _, _, seen in ordered), default=None)
     return (
-        Verdict(
-            tuple(f for f, _ in ordered),
-            new,
-            recovers_at + healthy_period if recovers_at is not None else None,
-        ),
+        Verdict(tuple(f for f, _, _ in ordered), new, last + healthy_period if last is not None else None),
         HealthState(fatal),
     )
 
@@ -253,4 +251,4 @@ def resumed(reason: str, message: str, now: float) -> HealthState:
     """The state of an agent (re)started on a node it had marked unhealthy: the fault counts as seen
     now, so the healthy period starts over instead of the taint being dropped at once."""
     fault = Fault(reason, Action.RESET_GPU, -1, "", message, carried=True)
-    return HealthState({fault.key: (fault, now)})
+    return HealthState({fault.key: (fault, now, now)})
