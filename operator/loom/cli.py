@@ -36,6 +36,8 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         peering=args.peering,
         liveness_port=args.liveness_port,
+        peering_priority=args.peering_priority,
+        peering_lifetime=args.peering_lifetime,
     )
     return 0
 
@@ -60,6 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         "--peering",
         default=None,
         help="Kopf peering name, so only one of several replicas acts (default: off)",
+    )
+    run.add_argument(
+        "--peering-priority",
+        type=int,
+        default=None,
+        help="this replica's peering priority; the highest live one acts (default: by age, the oldest acts)",
+    )
+    run.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=None,
+        help="seconds a replica that died without a word still counts as alive: a standby takes over "
+        "after about this long (default: 10)",
     )
     run.set_defaults(func=_run)
 

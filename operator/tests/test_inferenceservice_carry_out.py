@@ -130,7 +130,7 @@ def test_a_status_it_cannot_read_is_not_acted_on(api: Api) -> None:
     controller.reconcile(body(status), {}, pods, deployments, {})
     assert [c for c in api.calls if c[0] != "event"] == [("patch", "InferenceService", "ranker", "status")]
     (patch,) = api.status_patches
-    assert list(patch["status"]) == ["conditions"]
+    assert list(patch["status"]) == ["conditions", "observedGeneration"]
     stalled = patch["status"]["conditions"][-1]
     assert (stalled["type"], stalled["reason"]) == ("Stalled", "UnreadableStatus")
     assert "revisions.failed" in stalled["message"]

@@ -216,7 +216,9 @@ def test_a_status_it_cannot_read_is_left_alone_and_reported(api: Api, world: Wor
     assert reconcile("a") is None
     assert writes(api) == []
     (body,) = api.patch_bodies
-    assert list(body["status"]) == ["conditions"], "fields it cannot read were overwritten"
+    assert list(body["status"]) == ["conditions", "observedGeneration"], (
+        "fields it cannot read were overwritten"
+    )
     stalled = body["status"]["conditions"][-1]
     assert (stalled["type"], stalled["status"], stalled["reason"]) == ("Stalled", "True", "UnreadableStatus")
     assert "attempt: Input should be a valid integer" in stalled["message"]

@@ -24,6 +24,7 @@ from loom.api.featurepipeline import (
     RunStatus,
 )
 from loom.api.featurepipeline import Window as WindowModel
+from loom.builders import readiness
 from loom.builders.featurepipeline import Window, rfc3339
 from loom.builders.featurepipeline_runs import Run, RunPhase
 
@@ -184,6 +185,8 @@ def _conditions(
         ready = (False, "WindowsFailed", f"{len(failed)} backfill window(s) failed: {shown}")
     elif status.watermark is not None:
         ready = (True, "Succeeded", f"written up to {rfc3339(status.watermark)}, {status.rowsWritten} rows")
+    elif spec.schedule:  # set up: like a CronJob, current before its first tick
+        ready = (True, "Scheduled", o.waiting or "waiting for the schedule's next tick")
     else:
         ready = (False, "NoRunYet", o.waiting or "no run has finished yet")
     out.append(_condition(prev, "Ready", *ready, gen, now))
@@ -259,6 +262,7 @@ def build_status(
         status.consumers = int(((o.stream or {}).get("status") or {}).get("readyReplicas") or 0)
     status.phase = _phase(pipeline, o, last, bf)
     status.conditions = _conditions(pipeline, previous, o, status, now)
+    readiness.featurepipeline(status, previous.conditions, pipeline.metadata.get("generation"), now)
     return status, new
 
 

@@ -25,6 +25,7 @@ from loom.api.inferenceservice import (
     ServicePhase,
 )
 from loom.autoscaling.scaler import Decision
+from loom.builders import readiness
 from loom.builders.inferenceservice import selector, url
 from loom.health.pods import Issue, Replacements, RevisionPods
 
@@ -236,7 +237,7 @@ def build_status(
         for r, s in sorted(o.summaries.items())
         if s.pods or o.plan.get(r, 0)
     ]
-    return InferenceServiceStatus(
+    status = InferenceServiceStatus(
         phase=phase,
         url=url(isvc),
         replicas=pods,
@@ -256,6 +257,8 @@ def build_status(
         conditions=c,
         observedGeneration=gen,
     )
+    readiness.inferenceservice(status, prev, gen, now)  # Reconciling, Stalled: what GitOps tools read
+    return status
 
 
 def events(

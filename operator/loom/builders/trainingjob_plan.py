@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from loom.api.trainingjob import TrainingJob
+from loom.builders import readiness
 from loom.builders.trainingjob import name_problem
 from loom.builders.trainingjob_conditions import Event
 from loom.builders.trainingjob_decision import (
@@ -49,7 +50,11 @@ __all__ = [
 
 def decide(job: TrainingJob, pods: Sequence[Mapping[str, Any]], cluster: Cluster, now: datetime) -> Plan:
     """What to do next for `job`, given all of its observed pods (every attempt) and the cluster."""
-    return _Decision(job, pods, cluster, now).run()
+    plan = _Decision(job, pods, cluster, now).run()
+    if not job.metadata.get("deletionTimestamp"):  # Ready, Reconciling, Stalled: what GitOps tools read
+        previous = job.status.conditions if job.status else []
+        readiness.trainingjob(plan.status, previous, job.metadata.get("generation"), now)
+    return plan
 
 
 class _Decision(Lifecycle, GangPlan):

@@ -230,7 +230,8 @@ def _hold(body: Mapping[str, Any], reason: str, message: str, now: datetime) -> 
     )
     if conditions is None:
         return
-    patch = {"status": {"conditions": conditions}}
+    # observedGeneration too: kstatus reads Stalled only once the generation is observed
+    patch = {"status": {"conditions": conditions, "observedGeneration": meta.get("generation")}}
     if kube.patch(API_VERSION, KIND, meta["name"], meta.get("namespace"), patch, subresource="status"):
         kube.event(dict(body), reason, message, type_="Warning")
 

@@ -319,7 +319,8 @@ async def _hold(key: Key, body: dict[str, Any], stall: Stall, now: datetime) -> 
         KIND,
         name,
         namespace,
-        {"status": {"conditions": conditions}},
+        # observedGeneration too: kstatus reads Stalled only once the generation is observed
+        {"status": {"conditions": conditions, "observedGeneration": generation}},
         subresource="status",
     )
     if patched is None:
