@@ -91,7 +91,10 @@ bench-features: deps venv
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(VENV)/bin/python bench/features/features_bench.py
 
+# Needs an NVIDIA GPU, so never part of `make test`: the GPU agent read against NVML while PyTorch loads
+# GPU 0 (scripts/gpu_agent_check.py), then the sidecar's CUDA path. Without a GPU it fails at once, saying so.
 gpu-check: deps venv
+	$(PY) scripts/gpu_agent_check.py
 	./sidecar_native/scripts/gpu_check.sh
 
 clean:

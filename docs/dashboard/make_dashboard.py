@@ -12,8 +12,20 @@ from typing import Any
 OUT = Path(__file__).resolve().parents[2] / "manifests" / "monitoring" / "grafana-dashboard-loom.json"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
-# (row, [(title, unit, kind, [(expr, legend)], width)])
-ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], int]]]] = [
+# (row, [(title, unit, kind, [(expr, legend)], width)]). Counters of rare events (restarts, replacements,
+# XIDs) are shown as totals: increase() misses a labelled counter's first step (it appears at 1).
+RATE = "[$__rate_interval]"
+Panel = tuple[str, str, str, list[tuple[str, str]], int]
+
+
+def quantiles(histogram: str, by: str = "") -> list[tuple[str, str]]:
+    return [
+        (f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket{RATE})))", f"{by}p{int(q * 100)}")
+        for q in (0.5, 0.95)
+    ]
+
+
+ROWS: list[tuple[str, list[Panel]]] = [
     (
         "Training",
         [
@@ -29,18 +41,8 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], int]]]] =
                 "s",
                 "timeseries",
                 [
-                    (
-                        "histogram_quantile(0.5, sum by (le) (rate(loom_trainingjob_create_to_running_seconds_bucket[$__rate_interval])))",
-                        "created -> Running p50",
-                    ),
-                    (
-                        "histogram_quantile(0.95, sum by (le) (rate(loom_trainingjob_create_to_running_seconds_bucket[$__rate_interval])))",
-                        "created -> Running p95",
-                    ),
-                    (
-                        "histogram_quantile(0.95, sum by (le) (rate(loom_trainingjob_restart_to_running_seconds_bucket[$__rate_interval])))",
-                        "restart -> Running p95",
-                    ),
+                    *quantiles("loom_trainingjob_create_to_running_seconds", "created -> Running "),
+                    *quantiles("loom_trainingjob_restart_to_running_seconds", "restart -> Running ")[1:],
                 ],
                 8,
             ),
@@ -48,12 +50,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], int]]]] =
                 "Gang restarts by reason",
                 "short",
                 "timeseries",
-                [
-                    (
-                        "sum by (reason) (increase(loom_trainingjob_restarts_total[$__rate_interval]))",
-                        "{{reason}}",
-                    )
-                ],
+                [("sum by (reason) (loom_trainingjob_restarts_total)", "{{reason}}")],
                 8,
             ),
         ],
@@ -77,28 +74,14 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], int]]]] =
                 "Model load time (p50, p95)",
                 "s",
                 "timeseries",
-                [
-                    (
-                        "histogram_quantile(0.5, sum by (le) (rate(loom_inferenceservice_model_load_seconds_bucket[$__rate_interval])))",
-                        "p50",
-                    ),
-                    (
-                        "histogram_quantile(0.95, sum by (le) (rate(loom_inferenceservice_model_load_seconds_bucket[$__rate_interval])))",
-                        "p95",
-                    ),
-                ],
+                quantiles("loom_inferenceservice_model_load_seconds"),
                 8,
             ),
             (
                 "Serving pods replaced by reason",
                 "short",
                 "timeseries",
-                [
-                    (
-                        "sum by (reason) (increase(loom_inferenceservice_pod_replacements_total[$__rate_interval]))",
-                        "{{reason}}",
-                    )
-                ],
+                [("sum by (reason) (loom_inferenceservice_pod_replacements_total)", "{{reason}}")],
                 8,
             ),
         ],
@@ -110,7 +93,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], int]]]] =
                 "GPU utilization",
                 "percent",
                 "timeseries",
-                [("DCGM_FI_DEV_GPU_UTIL", "{{Hostname}} GPU {{gpu}}")],
+                [("avg by (Hostname) (DCGM_FI_DEV_GPU_UTIL)", "{{Hostname}} (mean of its GPUs)")],
                 8,
             ),
             (
@@ -126,7 +109,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], int]]]] =
                 "timeseries",
                 [
                     (
-                        "sum by (Hostname, xid, action) (increase(loom_gpu_xid_errors_total[$__rate_interval]))",
+                        "sum by (Hostname, xid, action) (loom_gpu_xid_errors_total)",
                         "{{Hostname}} XID {{xid}} {{action}}",
                     )
                 ],
@@ -134,27 +117,31 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], int]]]] =
             ),
             (
                 "GPU memory used",
-                "decmbytes",
+                "mbytes",
                 "timeseries",
                 [("sum by (Hostname) (DCGM_FI_DEV_FB_USED)", "{{Hostname}}")],
-                8,
+                6,
             ),
             (
-                "GPU temperature and power",
-                "short",
+                "GPU temperature (hottest GPU)",
+                "celsius",
                 "timeseries",
-                [
-                    ("max by (Hostname) (DCGM_FI_DEV_GPU_TEMP)", "{{Hostname}} max °C"),
-                    ("sum by (Hostname) (DCGM_FI_DEV_POWER_USAGE)", "{{Hostname}} W"),
-                ],
-                8,
+                [("max by (Hostname) (DCGM_FI_DEV_GPU_TEMP)", "{{Hostname}}")],
+                6,
+            ),
+            (
+                "GPU power",
+                "watt",
+                "timeseries",
+                [("sum by (Hostname) (DCGM_FI_DEV_POWER_USAGE)", "{{Hostname}}")],
+                6,
             ),
             (
                 "Feature freshness",
                 "s",
                 "timeseries",
                 [("max by (namespace, name) (loom_feature_freshness_seconds)", "{{namespace}}/{{name}}")],
-                8,
+                6,
             ),
         ],
     ),
@@ -167,7 +154,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], int]]]] =
                 "timeseries",
                 [
                     (
-                        "histogram_quantile(0.95, sum by (kind, le) (rate(loom_reconcile_seconds_bucket[$__rate_interval])))",
+                        f"histogram_quantile(0.95, sum by (kind, le) (rate(loom_reconcile_seconds_bucket{RATE})))",
                         "{{kind}}",
                     )
                 ],
@@ -177,12 +164,7 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]], int]]]] =
                 "API responses by verb and code",
                 "reqps",
                 "timeseries",
-                [
-                    (
-                        "sum by (verb, code) (rate(loom_api_responses_total[$__rate_interval]))",
-                        "{{verb}} {{code}}",
-                    )
-                ],
+                [(f"sum by (verb, code) (rate(loom_api_responses_total{RATE}))", "{{verb}} {{code}}")],
                 8,
             ),
             (

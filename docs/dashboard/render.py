@@ -26,6 +26,10 @@ from typing import Any
 DASHBOARD = Path(__file__).resolve().parents[2] / "manifests" / "monitoring" / "grafana-dashboard-loom.json"
 
 
+# Grafana's unit ids as the PNG names them.
+UNITS = {"s": "s", "percent": "%", "mbytes": "MiB", "celsius": "°C", "watt": "W", "reqps": "req/s"}
+
+
 def query_range(base: str, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
     params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -88,15 +92,8 @@ def render(
         fontsize=16,
     )
     for row in rows:
-        y = row["gridPos"]["y"]
-        fig.text(
-            0.03,
-            1 - (y + 0.2) / height * 0.92 - 0.05,
-            row["title"],
-            color="#d8d9da",
-            fontsize=13,
-            weight="bold",
-        )
+        top = grid[row["gridPos"]["y"] + 1, 0].get_position(fig).y1
+        fig.text(0.03, top + 0.012, row["title"], color="#d8d9da", fontsize=13, weight="bold")
     for panel in panels:
         g = panel["gridPos"]
         ax = fig.add_subplot(grid[g["y"] + 1 : g["y"] + g["h"], g["x"] : g["x"] + g["w"]])
@@ -104,13 +101,9 @@ def render(
         for spine in ax.spines.values():
             spine.set_color("#2c3235")
         ax.tick_params(colors="#8e8e8e", labelsize=8)
-        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
-        ax.set_title(
-            f"{panel['title']}" + (f"  [{unit}]" if unit and unit != "short" else ""),
-            color="#d8d9da",
-            fontsize=10,
-            loc="left",
-        )
+        unit = UNITS.get(panel.get("fieldConfig", {}).get("defaults", {}).get("unit", ""), "")
+        title = panel["title"] + (f"  [{unit}]" if unit else "")
+        ax.set_title(title, color="#d8d9da", fontsize=10, loc="left")
         series = panel_series(base, panel, start, end, step, rate_interval)
         if not series:
             ax.text(0.5, 0.5, "No data", color="#8e8e8e", ha="center", va="center", transform=ax.transAxes)
@@ -133,6 +126,12 @@ def render(
                 va="top",
             )
         ax.set_xlim(0, end - start)
+        if (
+            series
+            and panel["type"] != "state-timeline"
+            and min(min(ys, default=0) for _, _, ys in series) >= 0
+        ):
+            ax.set_ylim(bottom=0, top=max(max(ys, default=0) for _, _, ys in series) * 1.15 or 1)
         ax.set_xlabel("seconds", color="#8e8e8e", fontsize=8)
         if series:
             ax.legend(
