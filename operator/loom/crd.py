@@ -94,6 +94,12 @@ def openapi_schema(model: type[Resource]) -> dict[str, Any]:
         raw = TypeAdapter(annotation).json_schema(mode="validation")
         defs = raw.pop("$defs", {})
         schema["properties"][name] = _structural(raw, defs, keep_defaults=keep_defaults)
+    # The one default in status: an object no controller has written yet reads observedGeneration 0, so
+    # kstatus (Flux, kubectl-style waiters) sees generation 1 not observed, InProgress, rather than a
+    # status-less object it would call Current, even while no operator runs.
+    status = schema["properties"]["status"]
+    status["default"] = {"observedGeneration": 0}
+    status["properties"]["observedGeneration"]["default"] = 0
     return schema
 
 
