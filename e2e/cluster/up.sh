@@ -22,6 +22,7 @@ export PATH=$BIN:$PATH
 
 kube_version=$(cat "$BIN/.kube-apiserver.version")
 config=$STATE/kwokctl.yaml
+cp "$here/audit-policy.yaml" "$STATE/audit-policy.yaml"  # the same path from every checkout
 cat > "$config" <<YAML
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
@@ -37,10 +38,11 @@ options:
   kwokControllerBinary: $BIN/kwok
   etcdBinary: $BIN/etcd
   kubeControllerManagerNodeMonitorGracePeriodMilliseconds: 20000
+  kubeAuditPolicy: $STATE/audit-policy.yaml
 YAML
 cat "$here/stages.yaml" >> "$config"
 
-config_hash=$(sha256sum "$config" | cut -d' ' -f1)
+config_hash=$(cat "$config" "$STATE/audit-policy.yaml" | sha256sum | cut -d' ' -f1)
 if [[ $(cat "$STATE/config.sha256" 2>/dev/null) != "$config_hash" ]] && kwokctl get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
   echo "cluster $CLUSTER was started with another configuration (e.g. stages.yaml changed): recreating it" >&2
   kwokctl delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
