@@ -116,6 +116,7 @@ def events() -> Path:
 class Measured:
     seconds: float = 0.0
     rss: int = 0  # bytes, peak of the process tree
+    cpu: float = 0.0  # seconds of CPU (user + system) of the child and its waited-for children
     code: int = 0
     out: str = ""
     err: str = ""
@@ -176,6 +177,7 @@ def _measure(
         _, status, usage = _wait4(proc, began + TIMEOUT)
         m.code = os.waitstatus_to_exitcode(status)
         peak = max(peak, usage.ru_maxrss * 1024)
+        m.cpu = usage.ru_utime + usage.ru_stime
     except TimeoutError:
         m.timed_out = True
         os.killpg(proc.pid, signal.SIGKILL)
@@ -623,7 +625,8 @@ def run_feast(
             f"{same_n / loom_same.seconds:,.0f}",
             gb(loom_same.rss),
             f"whole run {loom_same.seconds:.1f} s: the Parquet feature rows Feast materializes, SELECT *; "
-            f"online phase {same_phase:.1f} s ({same_n / same_phase:,.0f}/s); {server}",
+            f"online phase {same_phase:.1f} s ({same_n / same_phase:,.0f}/s); {server}; "
+            f"Loom's process used {loom_same.cpu / max(same_n, 1) * 1e6:.1f} us CPU/entity",
         )
     else:
         table.add("Loom feast layout, Feast's input rows", "failed", "", loom_same.why())
@@ -646,7 +649,8 @@ def run_feast(
         "Feast materialize -> Redis (entities/s)",
         f"{written / seconds:,.0f}",
         gb(fm.rss),
-        f"`feast materialize` {seconds:.1f} s for {written:,} entities{subset}, local engine "
+        f"`feast materialize` {seconds:.1f} s for {written:,} entities{subset} "
+        f"({fm.cpu / max(written, 1) * 1e6:.0f} us CPU/entity), local engine "
         f"(after `feast apply` of loom features feast-repo's repository, {applied.seconds:.1f} s)",
     )
     feast_rate = written / seconds
