@@ -6,12 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from loom.crd import RESOURCES, crd_path, render, write_crds
 from loom.features.cli import add_commands as add_feature_commands
 from loom.gpu.cli import add_commands as add_gpu_commands
 
 
 def _crds(args: argparse.Namespace) -> int:
+    from loom.crd import RESOURCES, crd_path, render, write_crds  # here: a pipeline pod's start skips it
+
     out = Path(args.out)
     if args.check:
         stale = [
