@@ -28,6 +28,7 @@ def main() -> None:
 
     from loom.api.featurepipeline import FeastLayout
     from loom.features import feast as F
+    from loom.features import feast_wire as W
 
     path, rows = sys.argv[1], int(sys.argv[2])
     table = pq.read_table(path).slice(0, rows).combine_chunks()
@@ -61,7 +62,7 @@ def main() -> None:
         column = batch.column(name).to_pylist()
         protos[name] = [b"" if v is None else Value(**{field.name: v}).SerializeToString() for v in column]
     F.entity_keys(batch, encoder.columns, "bench")
-    F.timestamp_bytes(F.micros_floor(batch.column("event_time")))
+    W.timestamp_bytes(W.micros_floor(batch.column("event_time")))
     out["protobuf_per_value_us"] = (time.perf_counter() - began) / len(table) * 1e6
 
     began = time.perf_counter()
@@ -70,7 +71,7 @@ def main() -> None:
     out["loom_vectorized_us"] = (time.perf_counter() - began) / len(table) * 1e6
 
     for name, field in features:
-        ours = F.value_bytes(batch.column(name), field).to_pylist()
+        ours = W.value_bytes(batch.column(name), field).to_pylist()
         theirs = protos[name]
         nan = [i for i, v in enumerate(ours) if v != theirs[i]]
         assert all(v != v for v in (batch.column(name)[i].as_py() for i in nan)), name  # only NaN differs

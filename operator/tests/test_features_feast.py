@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from loom.api.featurepipeline import FeastLayout, FeaturePipeline, RedisSink
 from loom.features import feast as F
+from loom.features import feast_wire as W
 from loom.features.config import make_window
 from loom.features.online import RedisWriter
 
@@ -65,7 +66,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 
 def feast_view(
-    name: str, keys: dict[str, F.ValueField], schema: pa.Schema, timestamp: str = "ts"
+    name: str, keys: dict[str, W.ValueField], schema: pa.Schema, timestamp: str = "ts"
 ) -> tuple[list[feast.Entity], feast.FeatureView]:
     """The Entities and FeatureView Feast would have for an output schema (types as feast.py gives them)."""
     entities = [
@@ -82,7 +83,7 @@ def feast_view(
     return entities, view
 
 
-def feast_rows(table: pa.Table, keys: dict[str, F.ValueField], view: feast.FeatureView) -> list[Any]:
+def feast_rows(table: pa.Table, keys: dict[str, W.ValueField], view: feast.FeatureView) -> list[Any]:
     join_keys = {k: feast.ValueType[f.enum] for k, f in keys.items()}
     return _convert_arrow_to_proto(table, view, join_keys)
 
@@ -181,10 +182,10 @@ def hashes(client: Any) -> dict[bytes, dict[bytes, bytes]]:
 
 def test_feasts_field_vectors() -> None:
     """sdk/python/tests/unit/infra/online_store/test_redis.py: test_generate_hset_keys_for_features*."""
-    assert F.field_name("feature_view_1", "feature_10") == b"&m_9"
-    assert F.field_name("feature_view_1", "feature_11") == b"\xc37\x9a\xbf"
-    assert F.field_name("feature_view_1", "feature_12") == b"wr\xb5d"
-    assert F.field_name("feature_view_1", "my-feature-view:feature1") == b"Si\x86J"
+    assert W.field_name("feature_view_1", "feature_10") == b"&m_9"
+    assert W.field_name("feature_view_1", "feature_11") == b"\xc37\x9a\xbf"
+    assert W.field_name("feature_view_1", "feature_12") == b"wr\xb5d"
+    assert W.field_name("feature_view_1", "my-feature-view:feature1") == b"Si\x86J"
     assert F.ts_field("feature_view_1") == "_ts:feature_view_1"
 
 
@@ -211,15 +212,15 @@ def test_feasts_key_vectors() -> None:
 
 def test_value_fields_are_feasts_value_proto() -> None:
     wire = {
-        FieldDescriptor.TYPE_BYTES: F.Wire.LEN,
-        FieldDescriptor.TYPE_STRING: F.Wire.LEN,
-        FieldDescriptor.TYPE_INT32: F.Wire.VARINT,
-        FieldDescriptor.TYPE_INT64: F.Wire.VARINT,
-        FieldDescriptor.TYPE_BOOL: F.Wire.VARINT,
-        FieldDescriptor.TYPE_DOUBLE: F.Wire.FIXED64,
-        FieldDescriptor.TYPE_FLOAT: F.Wire.FIXED32,
+        FieldDescriptor.TYPE_BYTES: W.Wire.LEN,
+        FieldDescriptor.TYPE_STRING: W.Wire.LEN,
+        FieldDescriptor.TYPE_INT32: W.Wire.VARINT,
+        FieldDescriptor.TYPE_INT64: W.Wire.VARINT,
+        FieldDescriptor.TYPE_BOOL: W.Wire.VARINT,
+        FieldDescriptor.TYPE_DOUBLE: W.Wire.FIXED64,
+        FieldDescriptor.TYPE_FLOAT: W.Wire.FIXED32,
     }
-    for field in F.VALUE_FIELDS:
+    for field in W.VALUE_FIELDS:
         descriptor = ValueProto.DESCRIPTOR.fields_by_name[field.name]
         assert descriptor.number == field.number
         assert descriptor.containing_oneof.name == "val"
@@ -227,8 +228,8 @@ def test_value_fields_are_feasts_value_proto() -> None:
         assert ValueTypeProto.Enum.Value(field.enum) == field.value_type
         assert field.feast_dtype in DTYPES
     stamp = Timestamp.DESCRIPTOR.fields_by_name
-    assert (stamp["seconds"].number << 3) == F.TS_SECONDS_TAG
-    assert (stamp["nanos"].number << 3) == F.TS_NANOS_TAG
+    assert (stamp["seconds"].number << 3) == W.TS_SECONDS_TAG
+    assert (stamp["nanos"].number << 3) == W.TS_NANOS_TAG
 
 
 @SETTINGS
@@ -236,8 +237,8 @@ def test_value_fields_are_feasts_value_proto() -> None:
 def test_murmur3_is_mmh3(text: str) -> None:
     import mmh3
 
-    assert F.murmur3_32(text.encode()) == mmh3.hash(text, signed=False)
-    assert F.field_name("fv", text) == _mmh3(f"fv:{text}")
+    assert W.murmur3_32(text.encode()) == mmh3.hash(text, signed=False)
+    assert W.field_name("fv", text) == _mmh3(f"fv:{text}")
 
 
 # ------------------------------------------------------------ byte identity with Feast's serialization
@@ -294,8 +295,8 @@ def test_values_are_byte_identical_to_feasts_materialization(columns: dict[str, 
     _, view = feast_view("fv", keys, table.schema)
     expected = feast_rows(table, keys, view)
     batch = table.to_batches()[0]
-    got = {name: F.value_bytes(batch.column(name), field).to_pylist() for name, field in schema.features}
-    stamps = F.timestamp_bytes(F.micros_floor(batch.column("ts"))).to_pylist()
+    got = {name: W.value_bytes(batch.column(name), field).to_pylist() for name, field in schema.features}
+    stamps = W.timestamp_bytes(W.micros_floor(batch.column("ts"))).to_pylist()
     key_bytes = F.entity_keys(batch, schema, "p").to_pylist()
     for row, (entity, values, ts, _) in enumerate(expected):
         assert key_bytes[row] == _redis_key("p", entity, 3)
@@ -312,17 +313,17 @@ def test_values_are_value_protos(
     """Full ranges (Feast's materialization rounds int64 beyond 2**53 when the column has nulls; Loom
     writes the exact value, as `Value(int64_val=...)` serializes it)."""
     cases = [
-        (pa.array([i64, None], pa.int64()), F.INT64, ValueProto(int64_val=i64)),
-        (pa.array([i32, None], pa.int32()), F.INT32, ValueProto(int32_val=i32)),
-        (pa.array([f64, None], pa.float64()), F.DOUBLE, ValueProto(double_val=f64)),
-        (pa.array([f32, None], pa.float32()), F.FLOAT, ValueProto(float_val=f32)),
-        (pa.array([text, None], pa.string()), F.STRING, ValueProto(string_val=text)),
-        (pa.array([raw, None], pa.binary()), F.BYTES, ValueProto(bytes_val=raw)),
-        (pa.array([flag, None], pa.bool_()), F.BOOL, ValueProto(bool_val=flag)),
+        (pa.array([i64, None], pa.int64()), W.INT64, ValueProto(int64_val=i64)),
+        (pa.array([i32, None], pa.int32()), W.INT32, ValueProto(int32_val=i32)),
+        (pa.array([f64, None], pa.float64()), W.DOUBLE, ValueProto(double_val=f64)),
+        (pa.array([f32, None], pa.float32()), W.FLOAT, ValueProto(float_val=f32)),
+        (pa.array([text, None], pa.string()), W.STRING, ValueProto(string_val=text)),
+        (pa.array([raw, None], pa.binary()), W.BYTES, ValueProto(bytes_val=raw)),
+        (pa.array([flag, None], pa.bool_()), W.BOOL, ValueProto(bool_val=flag)),
     ]
     for column, field, proto in cases:
-        got = F.value_bytes(column, field).to_pylist()
-        nan = field in (F.FLOAT, F.DOUBLE) and math.isnan(column[0].as_py())
+        got = W.value_bytes(column, field).to_pylist()
+        nan = field in (W.FLOAT, W.DOUBLE) and math.isnan(column[0].as_py())
         assert got == [b"" if nan else proto.SerializeToString(), b""]
 
 
@@ -335,7 +336,7 @@ def test_event_times_are_feasts_timestamps(raw: list[int], unit: str) -> None:
     per_us = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 1}[unit]
     values = [v // per_us if unit != "ns" else v * 1000 + v % 997 for v in raw]
     column = pa.array(values, pa.int64()).cast(pa.timestamp(unit))
-    got = F.timestamp_bytes(F.micros_floor(column)).to_pylist()
+    got = W.timestamp_bytes(W.micros_floor(column)).to_pylist()
     epoch = dt.datetime(1970, 1, 1, tzinfo=UTC)
     for value, stamp in zip(values, got, strict=True):
         micros = value * per_us if unit != "ns" else value // 1000
@@ -537,7 +538,7 @@ def test_the_write_is_a_compare_and_write_on_the_feast_timestamp(redis_db: Any, 
         )
 
     def value() -> float:
-        got = redis_db.hget(key, F.field_name("v", "x"))
+        got = redis_db.hget(key, W.field_name("v", "x"))
         proto = ValueProto()
         proto.ParseFromString(got)
         return float(proto.double_val)
@@ -731,9 +732,9 @@ def test_the_commands_carry_those_bytes(when: dt.datetime) -> None:
     encoded = encoder.encode(batch)
     schema = encoder.columns
     keys = F.entity_keys(batch, schema, "proj").to_pylist()
-    micros = F.micros_floor(batch.column("t"))
-    stamps = F.timestamp_bytes(micros).to_pylist()
-    values = {name: F.value_bytes(batch.column(name), field).to_pylist() for name, field in schema.features}
+    micros = W.micros_floor(batch.column("t"))
+    stamps = W.timestamp_bytes(micros).to_pylist()
+    values = {name: W.value_bytes(batch.column(name), field).to_pylist() for name, field in schema.features}
     for row in range(n):
         assert _resp_args(encoded.keys[row].as_py()) == [keys[row]]
         args = _resp_args(encoded.args[row].as_py())
@@ -742,7 +743,7 @@ def test_the_commands_carry_those_bytes(when: dt.datetime) -> None:
         assert args[0] == stamps[row]
         assert int(args[1]) == seconds and int(args[2]) == rest * 1000
         assert args[3:] == [v[row] for v in values.values()]
-    assert encoder.fields == [F.field_name("fv", name) for name in values]
+    assert encoder.fields == [W.field_name("fv", name) for name in values]
     command = next(F.commands(encoded, "0" * 40, "_ts:fv", 0, encoder.fields))
     fixed = _resp_args(bytes(command[2]))
     assert fixed == [b"_ts:fv", b"0", b"%d" % len(values), *encoder.fields]
