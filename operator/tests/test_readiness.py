@@ -237,6 +237,12 @@ def pipeline(
         pytest.param(
             pipeline("Suspended", cond("Ready", False, "NoRunYet")), "InProgress", None, id="suspended"
         ),
+        pytest.param(
+            pipeline("Suspended", cond("Ready", False, "NoRunYet"), BackfillStatus(windowsTotal=3)),
+            "InProgress",
+            None,
+            id="suspended-with-windows-left",
+        ),
     ],
 )
 def test_featurepipeline(status: FeaturePipelineStatus, expected: str, why: str | None) -> None:

@@ -154,7 +154,8 @@ def featurepipeline(
     elif status.phase == "Failed":
         stalled = Verdict(ready.reason if ready else "RunFailed", ready.message if ready else "a run failed")
     elif (
-        status.backfill is not None
+        status.phase != "Suspended"
+        and status.backfill is not None
         and status.backfill.succeeded + status.backfill.failed < status.backfill.windowsTotal
     ):
         bf = status.backfill
