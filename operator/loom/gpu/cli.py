@@ -13,12 +13,10 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from loom.gpu.agent import Agent, KubeNodes, Settings, serve
-from loom.gpu.exporter import AgentMetrics
-from loom.gpu.nvml import Nvml
-from loom.gpu.policy import parse_xid_actions
+if TYPE_CHECKING:
+    from loom.gpu.nvml import Nvml
 
 log = logging.getLogger("loom.gpu.agent")
 
@@ -77,6 +75,11 @@ def _nvml_opener() -> Callable[[], Nvml]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # imported here, so that other `loom` commands (a feature run's pod) start without them
+    from loom.gpu.agent import Agent, KubeNodes, Settings, serve
+    from loom.gpu.exporter import AgentMetrics
+    from loom.gpu.policy import parse_xid_actions
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         actions = parse_xid_actions(args.xid_action)
