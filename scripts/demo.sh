@@ -95,7 +95,11 @@ for example in manifests/examples/*.yaml; do
           -e "s#redis://redis.feature-store:6379/0#redis://127.0.0.1:$REDIS_PORT/0#" "$example" |
         kubectl apply --server-side -n "$NS" -f -
       ;;
-    featurepipeline-streaming.yaml) ;;  # its consumers (loom features stream) have no host runner here
+    featurepipeline-streaming.yaml)  # on the demo's Redis, with a SQL transform (the example's is user code)
+      .venv/bin/python scripts/demo_feature_runner.py streaming-example "$example" \
+        --redis "redis://127.0.0.1:$REDIS_PORT/0" | kubectl apply --server-side -n "$NS" -f -
+      .venv/bin/python scripts/demo_feature_runner.py produce --redis "redis://127.0.0.1:$REDIS_PORT/0" --count 2000
+      ;;
     *) kubectl apply --server-side -n "$NS" -f "$example" ;;
   esac
 done
@@ -113,6 +117,15 @@ echo
 echo "== Loom resources in $NS"
 kubectl get trainingjobs,inferenceservices,featurepipelines -n "$NS" -o wide
 echo
+echo "== gangs in $NS: all of a gang's pods are bound, or none (GangScheduled says why)"
+kubectl get trainingjobs -n "$NS" -o custom-columns='NAME:.metadata.name,PHASE:.status.phase,ATTEMPT:.status.attempt,REPLICAS:.status.replicas,GANG:.status.conditions[?(@.type=="GangScheduled")].reason,WHY:.status.conditions[?(@.type=="GangScheduled")].message' |
+  cut -c1-240
+kubectl get pods -n "$NS" -l loom.ml/trainingjob --no-headers \
+  -o custom-columns='JOB:.metadata.labels.loom\.ml/trainingjob,ATTEMPT:.metadata.labels.loom\.ml/attempt,NODE:.spec.nodeName' |
+  awk '{k = $1 " attempt " $2; n[k]++; if ($3 != "<none>") b[k]++}
+       END {for (k in n) printf "  %s: %d of %d pods bound%s\n", k, b[k], n[k], (b[k] && b[k] < n[k]) ? "  <- PARTLY BOUND" : ""}' |
+  sort
+echo
 echo "== pods in $NS"
 kubectl get pods -n "$NS" -o wide
 echo
@@ -124,7 +137,18 @@ echo
 echo "== online features of user 42: redis-cli -p $REDIS_PORT HGETALL user:42"
 redis-cli -p "$REDIS_PORT" HGETALL user:42
 echo "offline: $(find "$DEMO/features/user_clicks" -name '*.parquet' 2>/dev/null | wc -l) Parquet files under $DEMO/features/user_clicks"
-echo "(the streaming example is not applied: its consumers, loom features stream, have no host runner here)"
+echo
+for _ in $(seq 1 60); do  # the consumers' first micro-batches
+  [[ $(redis-cli -p "$REDIS_PORT" EXISTS session:s-7) == 1 ]] && break
+  sleep 1
+done
+echo "== streaming pipeline session-stream: a Deployment of consumers (each ran as loom features stream on this host)"
+kubectl get lfp session-stream -n "$NS" \
+  -o custom-columns='NAME:.metadata.name,PHASE:.status.phase,CONSUMERS-READY:.status.consumers,WANTED:.spec.streaming.consumers,STREAM:.spec.source.redisStream.stream'
+grep '"progress"' "$DEMO/feature-runner.log" | tail -n 2 | cut -c1-200
+echo "entries in the stream: $(redis-cli -p "$REDIS_PORT" XLEN sessions); pending in group loom: $(redis-cli -p "$REDIS_PORT" XPENDING sessions loom | head -1)"
+echo "online features of session s-7: redis-cli -p $REDIS_PORT HGETALL session:s-7"
+redis-cli -p "$REDIS_PORT" HGETALL session:s-7
 echo
 cat <<MSG
 The cluster keeps running. Try:

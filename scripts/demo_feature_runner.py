@@ -6,7 +6,10 @@
 pod's own command (`loom features run ...`) with the pod's env on this host, then hands the result to
 the pod as a kubelet would: the exit code and the runtime's summary line as the container's termination
 message (KWOK stages kwok.loom.ml/exit-code and kwok.loom.ml/termination-message). The operator reads
-it from there, exactly as it does on a real cluster.
+it from there, exactly as it does on a real cluster. A streaming pipeline's consumer pods (`loom features
+stream`) get a host process each while the pod lives; their progress lines go to this runner's log.
+`streaming-example FILE --redis URL`: the streaming example for the demo (SQL transform, local Redis).
+`produce --redis URL --stream S --count N`: XADD N sample session events.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -103,17 +107,43 @@ def run_pod(namespace: str, pod: dict[str, Any]) -> None:
     )  # fmt: skip
 
 
+def start_consumer(pod: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """A stream consumer pod's process on this host, for as long as the pod lives (output to our log)."""
+    container = pod["spec"]["containers"][0]
+    command = [sys.executable, "-m", "loom.cli", *(container.get("args") or [])]
+    env = _env(pod, container, Path(tempfile.mkdtemp(prefix="loom-demo-stream-")) / "termination-log")
+    env["LOOM_STREAM_REPORT_EVERY"] = "5s"
+    print(f"{datetime.now(UTC):%H:%M:%S} {pod['metadata']['name']}: loom features stream started", flush=True)
+    return subprocess.Popen(command, env=env)
+
+
 def watch(namespace: str, interval: float) -> None:
-    """Run every Running feature-run pod once (streaming consumers are not runs: they are left alone)."""
+    """Run every Running feature-run pod once; keep a process for every live stream consumer pod."""
     done: set[str] = set()
+    consumers: dict[str, subprocess.Popen[bytes]] = {}
+
+    def stop(*_: Any) -> None:
+        for proc in consumers.values():
+            proc.terminate()  # a consumer stops cleanly on SIGTERM: its batch committed or given back
+        for proc in consumers.values():
+            proc.wait(timeout=30)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     while True:
         items = json.loads(_kubectl("get", "pods", "-n", namespace, "-l", LABEL, "-o", "json"))["items"]
+        live = {p["metadata"]["uid"] for p in items if not p["metadata"].get("deletionTimestamp")}
+        for uid in [u for u in consumers if u not in live]:
+            consumers.pop(uid).terminate()
         for pod in items:
             meta = pod["metadata"]
             args = pod["spec"]["containers"][0].get("args") or []
+            if pod["status"].get("phase") != "Running" or meta["uid"] not in live:
+                continue
+            if args[:2] == ["features", "stream"] and meta["uid"] not in consumers:
+                consumers[meta["uid"]] = start_consumer(pod)
             if (
                 meta["uid"] in done
-                or pod["status"].get("phase") != "Running"
                 or EXIT_CODE in (meta.get("annotations") or {})
                 or args[:2] != ["features", "run"]
             ):
@@ -126,6 +156,47 @@ def watch(namespace: str, interval: float) -> None:
         time.sleep(interval)
 
 
+def streaming_example(path: Path, redis: str) -> str:
+    """The streaming example for the demo: its source and sink on the demo's Redis, two consumers, and a
+    SQL transform (the example's Python module is the user's own code, in their image)."""
+    import yaml
+
+    obj = yaml.safe_load(path.read_text())
+    spec = obj["spec"]
+    spec["source"]["redisStream"]["url"] = redis
+    spec["sinks"]["online"]["redis"]["url"] = redis
+    spec["streaming"]["consumers"] = 2
+    spec["transform"] = {
+        "sql": "SELECT session_id, ts, CAST(pages AS BIGINT) AS pages, CAST(dwell_ms AS DOUBLE) AS dwell_ms, "
+        "country FROM source"
+    }
+    return str(yaml.safe_dump(obj, sort_keys=False))
+
+
+def produce(redis: str, stream: str, count: int) -> None:
+    """XADD `count` session events (session_id s-1..s-50, now-ish event times) to the stream."""
+    import random
+
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis)
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+    pipe = client.pipeline(transaction=False)
+    for i in range(count):
+        ts = now - timedelta(seconds=count - i)
+        fields = {
+            "session_id": f"s-{rng.randint(1, 50)}",
+            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "pages": str(rng.randint(1, 12)),
+            "dwell_ms": f"{rng.gammavariate(2.0, 900.0):.1f}",
+            "country": rng.choice(["de", "fr", "us", "jp"]),
+        }
+        pipe.xadd(stream, fields)  # type: ignore[arg-type]
+    pipe.execute()
+    print(f"{count} session events added to the Redis stream {stream}")
+
+
 def main() -> int:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
@@ -135,9 +206,22 @@ def main() -> int:
     run = commands.add_parser("run", help="play the kubelet for feature-run pods")
     run.add_argument("--namespace", "-n", required=True)
     run.add_argument("--interval", type=float, default=0.5)
+    example = commands.add_parser("streaming-example", help="print the streaming example for the demo")
+    example.add_argument("file", type=Path)
+    example.add_argument("--redis", required=True)
+    producer = commands.add_parser("produce", help="XADD sample session events")
+    producer.add_argument("--redis", required=True)
+    producer.add_argument("--stream", default="sessions")
+    producer.add_argument("--count", type=int, default=2000)
     args = parser.parse_args()
     if args.command == "data":
         print(f"{generate(args.directory)} click events in {args.directory}")
+        return 0
+    if args.command == "streaming-example":
+        print(streaming_example(args.file, args.redis), end="")
+        return 0
+    if args.command == "produce":
+        produce(args.redis, args.stream, args.count)
         return 0
     watch(args.namespace, args.interval)
     return 0
