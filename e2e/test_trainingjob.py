@@ -188,12 +188,24 @@ def test_gang_waits_gated_until_the_whole_gang_fits(operator: Operator, namespac
     wait_for(lambda: pods(namespace, "")[0]["status"].get("phase") == "Running", 30, what="blocker Running")
     # 4 pods x 8 GPUs on 4 nodes of 8, one GPU taken: 31 GPUs free, but no room for the 4th pod.
     apply_yaml(job_manifest("big", pool, roles={"worker": 4}, gpus=8), namespace)
-    wait_for(lambda: len(job_pods(namespace, "big")) == 4, 15, what="4 gated pods")
+    wait_for(lambda: len(job_pods(namespace, "big")) == 4, 15, what="4 waiting pods")
     time.sleep(2)
     gang = job_pods(namespace, "big")
-    assert all(p["spec"].get("schedulingGates") == [{"name": "loom.ml/gang"}] for p in gang)
     assert all(not p["spec"].get("nodeName") for p in gang), "a partial gang was scheduled"
-    assert condition(namespace, "big", "Running").get("reason") == "WaitingForCapacity"
+    waiting = condition(namespace, "big", "GangScheduled")
+    if status(namespace, "big").get("podGroup"):  # kube-scheduler's gang scheduling: it binds none
+        assert all(p["spec"]["schedulingGroup"] == {"podGroupName": "big-a0"} for p in gang)
+        assert all(not p["spec"].get("schedulingGates") for p in gang)
+        assert waiting["reason"] == "Unschedulable" and "Insufficient nvidia.com/gpu" in waiting["message"]
+        group = json.loads(
+            kubectl("get", "podgroups.scheduling.k8s.io", "big-a0", "-n", namespace, "-o", "json")
+        )
+        assert group["spec"]["schedulingPolicy"] == {"gang": {"minCount": 4}}
+        assert group["metadata"]["ownerReferences"][0]["name"] == "big"
+    else:  # Loom's gate: the gang stays gated
+        assert all(p["spec"].get("schedulingGates") == [{"name": "loom.ml/gang"}] for p in gang)
+        assert waiting["reason"] == "WaitingForCapacity"
+    assert condition(namespace, "big", "Running").get("reason") == waiting["reason"]
     kubectl("delete", "pod", "blocker", "-n", namespace, "--grace-period=0", "--force")
     wait_running(namespace, "big", 0, 4)
     assert sorted(p["spec"]["nodeName"] for p in job_pods(namespace, "big")) == sorted(pool.nodes)

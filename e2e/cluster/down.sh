@@ -3,5 +3,9 @@
 set -euo pipefail
 LOOM_HOME=${LOOM_HOME:-$HOME/.cache/loom}
 export KWOK_WORKDIR=$LOOM_HOME/kwok
-"$LOOM_HOME/bin/kwokctl" delete cluster --name "${LOOM_CLUSTER:-loom}" >&2 || true
-rm -f "$LOOM_HOME/cluster/kubeconfig"
+CLUSTER=${LOOM_CLUSTER:-loom}
+[[ ${GANG_SCHEDULING:-1} == 0 && $CLUSTER != *-nogang ]] && CLUSTER=$CLUSTER-nogang  # as up.sh names it
+STATE=$LOOM_HOME/cluster
+[[ $CLUSTER == loom ]] || STATE=$LOOM_HOME/cluster-$CLUSTER
+"$LOOM_HOME/bin/kwokctl" delete cluster --name "$CLUSTER" >&2 || true
+rm -f "$STATE/kubeconfig" "$STATE/config.sha256"

@@ -2,17 +2,24 @@
 # Starts the local cluster: etcd + kube-apiserver + kube-controller-manager + kube-scheduler
 # (Kubernetes built from Go modules by build.sh) with KWOK simulating nodes and pod lifecycles.
 # Fake nodes: GPU_NODES with nvidia.com/gpu: GPUS_PER_NODE, and CPU_NODES.
+# Gang scheduling (DESIGN.md §7): by default the API server serves scheduling.k8s.io/v1alpha2 and
+# kube-scheduler places PodGroups all-or-nothing (gates GenericWorkload, GangScheduling); GANG_SCHEDULING=0
+# starts without them, as a 1.34 cluster is, under its own name (<name>-nogang) and state, so that the
+# two never recreate each other.
 # Prints the kubeconfig path as its last line. Idempotent: an up cluster is reused (its node count
 # adjusted) unless its configuration (binaries' version, options, stages.yaml) changed: then it is recreated.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 LOOM_HOME=${LOOM_HOME:-$HOME/.cache/loom}
 CLUSTER=${LOOM_CLUSTER:-loom}
+GANG_SCHEDULING=${GANG_SCHEDULING:-1}
+[[ $GANG_SCHEDULING == 0 && $CLUSTER != *-nogang ]] && CLUSTER=$CLUSTER-nogang
 GPU_NODES=${GPU_NODES:-4}
 CPU_NODES=${CPU_NODES:-2}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 BIN=$LOOM_HOME/bin
 STATE=$LOOM_HOME/cluster
+[[ $CLUSTER == loom ]] || STATE=$LOOM_HOME/cluster-$CLUSTER
 export KWOK_WORKDIR=$LOOM_HOME/kwok
 KUBECONFIG_OUT=$STATE/kubeconfig
 mkdir -p "$STATE"
@@ -22,8 +29,13 @@ export PATH=$BIN:$PATH
 
 kube_version=$(cat "$BIN/.kube-apiserver.version")
 config=$STATE/kwokctl.yaml
-cp "$here/audit-policy.yaml" "$STATE/audit-policy.yaml"  # the same path from every checkout
-cat > "$config" <<YAML
+# Several checkouts (and e2e runs) share the cluster and these files: each is written under a temporary
+# name and renamed, so that a concurrent up.sh never reads half of one (a torn config would hash
+# differently and recreate the cluster; a torn kubeconfig points kubectl at localhost:8080).
+tmp=$(mktemp "$STATE/.up.XXXXXX")
+trap 'rm -f "$tmp" "$tmp".*' EXIT
+cp "$here/audit-policy.yaml" "$tmp.audit" && mv -f "$tmp.audit" "$STATE/audit-policy.yaml"  # one path for all
+cat > "$tmp.config" <<YAML
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokctlConfiguration
 options:
@@ -40,7 +52,14 @@ options:
   kubeControllerManagerNodeMonitorGracePeriodMilliseconds: 20000
   kubeAuditPolicy: $STATE/audit-policy.yaml
 YAML
-cat "$here/stages.yaml" >> "$config"
+if [[ $GANG_SCHEDULING != 0 ]]; then
+  cat >> "$tmp.config" <<YAML
+  kubeFeatureGates: "GenericWorkload=true,GangScheduling=true"
+  kubeRuntimeConfig: "scheduling.k8s.io/v1alpha2=true"
+YAML
+fi
+cat "$here/stages.yaml" >> "$tmp.config"
+mv -f "$tmp.config" "$config"
 
 config_hash=$(cat "$config" "$STATE/audit-policy.yaml" | sha256sum | cut -d' ' -f1)
 if [[ $(cat "$STATE/config.sha256" 2>/dev/null) != "$config_hash" ]] && kwokctl get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
@@ -56,7 +75,7 @@ if ! kwokctl get clusters 2>/dev/null | grep -qx "$CLUSTER" || ! kwokctl --name 
   echo "control plane up in $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s" >&2
   echo "$config_hash" > "$STATE/config.sha256"
 fi
-kwokctl get kubeconfig --name "$CLUSTER" > "$KUBECONFIG_OUT"
+kwokctl get kubeconfig --name "$CLUSTER" > "$tmp.kubeconfig" && mv -f "$tmp.kubeconfig" "$KUBECONFIG_OUT"
 export KUBECONFIG=$KUBECONFIG_OUT
 
 nodes() {

@@ -232,6 +232,20 @@ def _event_body(involved: dict[str, Any], reason: str, message: str, type_: str)
 
 
 @retrying
+def serves(api_version: str, plural: str) -> bool:
+    """Does the API server serve the resource `plural` of `api_version` now? Asks discovery itself
+    (GET /apis/<group>/<version>), not the client's cached copy of it."""
+    path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+    metrics.API_REQUESTS.labels(operation="discover", kind=api_version).inc()
+    try:
+        found = dynamic().request("GET", path)
+    except NotFoundError:
+        return False
+    served: dict[str, Any] = found.to_dict()
+    return any(r.get("name") == plural for r in served.get("resources") or [])
+
+
+@retrying
 def get(api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
     """One object as the API server has it now; None when it does not exist."""
     metrics.API_REQUESTS.labels(operation="get", kind=kind).inc()

@@ -56,6 +56,13 @@ class Client:
     def get(self, api_version: str, kind: str) -> Resource:
         return Resource(self, (api_version, kind))
 
+    def request(self, method: str, path: str) -> Result:
+        self.calls.append((method, (path, ""), "", {}))
+        answer = self.answers.pop(0) if self.answers else {}
+        if isinstance(answer, BaseException):
+            raise answer
+        return Result(answer)
+
 
 @pytest.fixture
 def client() -> Iterator[Client]:
@@ -153,3 +160,19 @@ def test_event_names_its_object_and_is_cut_to_the_api_limit(client: Client) -> N
     assert (body["reason"], body["type"], len(body["message"])) == ("Tested", "Warning", 1024)
     client.answers = [api_error(403)]
     kube.event(involved, "Tested", "refused")  # logged, never raised
+
+
+def test_serves_asks_discovery_of_the_group_version_itself(client: Client) -> None:
+    """Whether PodGroups are served (kube-scheduler's gang scheduling) decides a TrainingJob's gang path."""
+    client.answers = [
+        {"resources": [{"name": "workloads"}, {"name": "podgroups"}, {"name": "podgroups/status"}]}
+    ]
+    assert kube.serves("scheduling.k8s.io/v1alpha2", "podgroups") is True
+    assert client.calls[-1][:2] == ("GET", ("/apis/scheduling.k8s.io/v1alpha2", ""))
+    client.answers = [{"resources": [{"name": "priorityclasses"}]}]
+    assert kube.serves("scheduling.k8s.io/v1", "podgroups") is False
+    client.answers = [NotFoundError(api_error(404))]  # the group version is not served at all (1.34)
+    assert kube.serves("scheduling.k8s.io/v1alpha2", "podgroups") is False
+    client.answers = [{"resources": [{"name": "pods"}]}]
+    assert kube.serves("v1", "pods") is True
+    assert client.calls[-1][:2] == ("GET", ("/api/v1", ""))

@@ -141,8 +141,9 @@ def test_excluded_nodes_are_added_to_every_required_term() -> None:
     pod = desired_pods(job, 1, excluded_nodes=["gpu-3", "gpu-1"])[0]
     terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     for term in terms["nodeSelectorTerms"]:
-        assert term["matchFields"] == [
-            {"key": "metadata.name", "operator": "NotIn", "values": ["gpu-1", "gpu-3"]}
+        assert term["matchFields"] == [  # one value per node field requirement: the API server's rule
+            {"key": "metadata.name", "operator": "NotIn", "values": ["gpu-1"]},
+            {"key": "metadata.name", "operator": "NotIn", "values": ["gpu-3"]},
         ]
         assert term["matchExpressions"]
     # the job's template is untouched

@@ -58,7 +58,11 @@ class ReplicaSpec(KubeModel):
 
 
 class ElasticPolicy(KubeModel):
-    """Elastic training: start with minReplicas workers and grow to maxReplicas as GPUs free up."""
+    """Elastic training: start with as many workers as fit (at least minReplicas), grow towards
+    maxReplicas as GPUs free up, shrink to what the cluster holds. Each gang has one size, chosen when it
+    is created; where kube-scheduler gang-schedules, its PodGroup's minCount is that size (all of its pods
+    are bound at once or none), not minReplicas: pods beyond minCount could be left Pending while the rest
+    hold GPUs, and their WORLD_SIZE is fixed when they are created."""
 
     model_config = cel(
         {
@@ -173,7 +177,18 @@ class TrainingJobStatus(KubeModel):
     )
     gangTimeouts: int = Field(
         default=0,
-        description="Consecutive gangs released by schedulingTimeoutSeconds (the retry backoff grows).",
+        description="Consecutive gangs released before they ran (schedulingTimeoutSeconds passed, or the "
+        "scheduler could not place a pod of an admitted gang): the retry backoff grows.",
+    )
+    resizes: int = Field(
+        default=0,
+        description="Restarts of an elastic job at another size (grown as GPUs freed, or shrunk to what the "
+        "cluster holds); not counted against backoffLimit.",
+    )
+    podGroup: str | None = Field(
+        default=None,
+        description="The current gang's PodGroup (scheduling.k8s.io/v1alpha2), where kube-scheduler places "
+        "the gang all-or-nothing; unset where Loom admits the gang itself.",
     )
     nextAttemptTime: datetime | None = Field(
         default=None, description="The next gang is created no earlier than this (backoff after GangTimeout)."
@@ -190,6 +205,7 @@ class TrainingJob(Resource):
             PrinterColumn("Replicas", ".status.replicas", "integer"),
             PrinterColumn("Ready", ".status.readyReplicas", "integer"),
             PrinterColumn("Restarts", ".status.restartCount", "integer"),
+            PrinterColumn("Gang", '.status.conditions[?(@.type=="GangScheduled")].reason'),
             PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
             PrinterColumn("Attempt", ".status.attempt", "integer", priority=1),
         ),

@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from loom.api.trainingjob import TrainingJob
@@ -34,6 +35,22 @@ GANG_SCHEDULERS = frozenset(
     {"volcano", "yunikorn", "scheduler-plugins-scheduler", "kai-scheduler", "koord-scheduler"}
 )
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class GangPath(StrEnum):
+    """Who places a gang all-or-nothing."""
+
+    POD_GROUP = "PodGroup"  # kube-scheduler's gang scheduling: a PodGroup, pods in its schedulingGroup
+    GATE = "Gate"  # Loom: pods created gated, the gate lifted for all at once when the gang fits
+    SCHEDULER = "Scheduler"  # a gang scheduler named in the pod templates (Volcano, ...)
+
+
+def gang_path(job: TrainingJob, pod_groups_served: bool) -> GangPath:
+    """The path of a new gang: the templates' gang scheduler, else kube-scheduler's gang scheduling where
+    the API server serves PodGroups, else Loom's own admission."""
+    if is_gang_scheduled(job):
+        return GangPath.SCHEDULER
+    return GangPath.POD_GROUP if pod_groups_served else GangPath.GATE
 
 
 @dataclass(frozen=True)
@@ -206,7 +223,9 @@ def _with_env(container: dict[str, Any], extra: list[dict[str, str]]) -> dict[st
 
 
 def _avoiding(affinity: dict[str, Any] | None, nodes: Iterable[str]) -> dict[str, Any] | None:
-    """The template's affinity plus `metadata.name NotIn nodes` in every required node selector term."""
+    """The template's affinity plus `metadata.name NotIn [node]` for each node, in every required node
+    selector term. One requirement per node: a node field selector takes one value under In and NotIn
+    (the API server answers 422 to two), and requirements of a term are ANDed."""
     avoid = sorted(set(nodes))
     if not avoid:
         return affinity
@@ -215,15 +234,20 @@ def _avoiding(affinity: dict[str, Any] | None, nodes: Iterable[str]) -> dict[str
         "requiredDuringSchedulingIgnoredDuringExecution", {}
     )
     terms = required.get("nodeSelectorTerms") or [{}]
-    expression = {"key": "metadata.name", "operator": "NotIn", "values": avoid}
+    expressions = [{"key": "metadata.name", "operator": "NotIn", "values": [node]} for node in avoid]
     required["nodeSelectorTerms"] = [
-        {**t, "matchFields": [*(t.get("matchFields") or []), expression]} for t in terms
+        {**t, "matchFields": [*(t.get("matchFields") or []), *expressions]} for t in terms
     ]
     return out
 
 
 def desired_pod(
-    job: TrainingJob, gang: list[Member], member: Member, attempt: int, excluded_nodes: Iterable[str] = ()
+    job: TrainingJob,
+    gang: list[Member],
+    member: Member,
+    attempt: int,
+    excluded_nodes: Iterable[str] = (),
+    pod_group: str | None = None,
 ) -> dict[str, Any]:
     template = job.spec.replicaSpecs[member.role].template
     meta = template.get("metadata") or {}
@@ -233,7 +257,9 @@ def desired_pod(
     spec["hostname"] = hostname(member.role, member.index)
     spec["subdomain"] = service_name(job)
     spec["restartPolicy"] = "Never"  # Loom restarts the whole gang; a lone in-place restart breaks it
-    if not is_gang_scheduled(job):
+    if pod_group is not None:  # kube-scheduler places the group all-or-nothing: no gate of Loom's
+        spec["schedulingGroup"] = {"podGroupName": pod_group}
+    elif not is_gang_scheduled(job):
         spec["schedulingGates"] = [*(spec.get("schedulingGates") or []), {"name": GANG_GATE}]
     if job.spec.runPolicy.priorityClassName:
         spec["priorityClassName"] = job.spec.runPolicy.priorityClassName
@@ -258,13 +284,30 @@ def desired_pod(
 
 
 def desired_pods(
-    job: TrainingJob, attempt: int, *, size: int | None = None, excluded_nodes: Iterable[str] = ()
+    job: TrainingJob,
+    attempt: int,
+    *,
+    size: int | None = None,
+    excluded_nodes: Iterable[str] = (),
+    pod_group: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Every pod of gang `attempt`, in rank order; gated (`loom.ml/gang`) unless a gang scheduler
-    places them; `excluded_nodes` become node anti-affinity."""
+    """Every pod of gang `attempt`, in rank order: in `pod_group` when one is given, else gated
+    (`loom.ml/gang`) unless a gang scheduler places them; `excluded_nodes` become node anti-affinity."""
     gang = members(job, size)
     excluded = list(excluded_nodes)
-    return [desired_pod(job, gang, m, attempt, excluded) for m in gang]
+    return [desired_pod(job, gang, m, attempt, excluded, pod_group) for m in gang]
+
+
+def placement_spec(job: TrainingJob, excluded_nodes: Iterable[str] = ()) -> dict[str, Any]:
+    """What decides where a pod of an elastic job (one role, identical pods) may go: its GPU request,
+    nodeSelector, tolerations and node affinity (with `excluded_nodes`), without building the pod."""
+    spec = template_spec(job, role_order(job)[0])
+    keys = ("containers", "initContainers", "nodeSelector", "tolerations")
+    out: dict[str, Any] = {k: spec[k] for k in keys if k in spec}
+    affinity = _avoiding(spec.get("affinity"), excluded_nodes)
+    if affinity:
+        out["affinity"] = affinity
+    return out
 
 
 def desired_service(job: TrainingJob, attempt: int) -> dict[str, Any]:

@@ -18,11 +18,14 @@ from loom.api.trainingjob import ReplicaStatus, TrainingJob, TrainingJobStatus
 from loom.builders.common import STALLED
 from loom.builders.trainingjob import (
     LABEL_ROLE,
+    GangPath,
     desired_pods,
     full_size,
+    gang_path,
     role_order,
 )
 from loom.builders.trainingjob_conditions import Conditions, Event
+from loom.builders.trainingjob_podgroup import GroupState, group_state, pod_group_name
 from loom.builders.trainingjob_view import (
     Cluster,
     attempt_of,
@@ -34,12 +37,17 @@ from loom.builders.trainingjob_view import (
 from loom.health.failures import NodeState, is_terminal
 
 GANG_TIMEOUT = "GangTimeout"
+GANG_UNSCHEDULABLE = "GangUnschedulable"  # the scheduler could not place a pod of an admitted gang
 ELASTIC_SCALE_UP = "ElasticScaleUp"
+ELASTIC_SCALE_DOWN = "ElasticScaleDown"
 GANG_BACKOFF_BASE = timedelta(seconds=5)
 GANG_BACKOFF_MAX = timedelta(minutes=5)
 ELASTIC_GROW_AFTER = timedelta(seconds=10)  # a gang runs this long before it is restarted bigger
+# A PodGroup the scheduler keeps Unschedulable this long is restarted smaller even where Loom's own
+# count says it fits (the scheduler sees what Loom does not: pods outside its namespaces, CPU, memory).
+ELASTIC_SHRINK_AFTER = timedelta(seconds=5)
 RESYNC = 300.0  # seconds: even with no event, an active job is reconciled this often
-MAX_EXCLUDED_NODES = 32
+MAX_EXCLUDED_NODES = 32  # later gangs avoid at most this many nodes (the most recently lost)
 
 
 @dataclass(frozen=True)
@@ -49,10 +57,18 @@ class PodDeletion:
     force: bool = False  # grace period 0: the pod's node is gone, no kubelet will confirm
 
 
+@dataclass(frozen=True)
+class GroupDeletion:
+    name: str
+    uid: str | None
+
+
 @dataclass
 class Plan:
     status: TrainingJobStatus
     service: dict[str, Any] | None = None
+    create_groups: list[dict[str, Any]] = field(default_factory=list)  # PodGroups, created before pods
+    delete_groups: list[GroupDeletion] = field(default_factory=list)
     create: list[dict[str, Any]] = field(default_factory=list)
     ungate: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)  # (pod, gates left)
     delete: list[PodDeletion] = field(default_factory=list)
@@ -66,9 +82,15 @@ class Plan:
 
 class DecisionBase:
     def __init__(
-        self, job: TrainingJob, pods: Sequence[Mapping[str, Any]], cluster: Cluster, now: datetime
+        self,
+        job: TrainingJob,
+        pods: Sequence[Mapping[str, Any]],
+        cluster: Cluster,
+        now: datetime,
+        groups: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.job, self.pods, self.cluster, self.now = job, list(pods), cluster, now
+        self.groups: list[GroupState] = sorted((group_state(g) for g in groups), key=lambda g: g.name)
         self.spec = job.spec
         self.generation = job.metadata.get("generation")
         self.st = (job.status or TrainingJobStatus()).model_copy(deep=True)
@@ -78,7 +100,8 @@ class DecisionBase:
         self.plan = Plan(status=self.st)
         self.c = Conditions(self.st, self.plan.events, now, self.generation)
         self.deleted: set[str] = set()
-        self._built: dict[tuple[int, int, tuple[str, ...]], list[dict[str, Any]]] = {}
+        self.deleted_groups: set[str] = set()
+        self._built: dict[tuple[int, int, tuple[str, ...], GangPath], list[dict[str, Any]]] = {}
 
     @property
     def _name(self) -> str:
@@ -104,11 +127,27 @@ class DecisionBase:
             return full_size(self.job)
         return self.st.replicas if self.st.replicas else self.spec.elastic.minReplicas
 
+    def _path(self) -> GangPath:
+        """Who places the current gang: as its pods say once they exist (a pod's schedulingGroup is
+        immutable), else as the cluster allows now."""
+        live = self._live_current()
+        if any(p.get("spec", {}).get("schedulingGroup") for p in live):
+            return GangPath.POD_GROUP
+        return gang_path(self.job, self.cluster.pod_groups_served and not live)
+
+    def _group(self) -> GroupState | None:
+        """The current gang's PodGroup as observed (None: not observed yet, or none on this path)."""
+        name = pod_group_name(self.job, self.st.attempt)
+        return next((g for g in self.groups if g.name == name), None)
+
     def _expected(self) -> list[dict[str, Any]]:
-        """The current gang's pods as the builder makes them (built once per attempt and size)."""
-        key = (self.st.attempt, self._size(), tuple(self.st.excludedNodes))
+        """The current gang's pods as the builder makes them (built once per attempt, size and path)."""
+        key = (self.st.attempt, self._size(), tuple(self.st.excludedNodes), self._path())
         if key not in self._built:
-            self._built[key] = desired_pods(self.job, key[0], size=key[1], excluded_nodes=key[2])
+            group = pod_group_name(self.job, key[0]) if key[3] is GangPath.POD_GROUP else None
+            self._built[key] = desired_pods(
+                self.job, key[0], size=key[1], excluded_nodes=key[2], pod_group=group
+            )
         return self._built[key]
 
     def _first_created(self, pods: Sequence[Mapping[str, Any]]) -> datetime | None:
@@ -150,6 +189,14 @@ class DecisionBase:
             stuck = is_deleting(pod) and node_state(pod, self.cluster) is not NodeState.READY
             if attempt_of(pod) != self.st.attempt and (not is_deleting(pod) or stuck):
                 self._delete(pod)
+        self._delete_groups(keep=self.st.attempt)
+
+    def _delete_groups(self, keep: int | None = None) -> None:
+        """Delete the PodGroups of gangs other than `keep` (all of them when None)."""
+        for group in self.groups:
+            if group.attempt != keep and not group.deleting and group.name not in self.deleted_groups:
+                self.deleted_groups.add(group.name)
+                self.plan.delete_groups.append(GroupDeletion(group.name, group.uid))
 
     def _count_replicas(self) -> None:
         counts = {role: ReplicaStatus() for role in role_order(self.job)}

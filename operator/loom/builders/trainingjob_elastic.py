@@ -1,7 +1,10 @@
-"""Elastic TrainingJobs: the largest gang size that fits the GPUs free once the job's own pods are
-gone (they are being replaced by the bigger gang).
+"""Elastic TrainingJobs: the largest gang size that fits the GPUs free once the job's own pods are gone
+(they are being replaced by the new gang).
 
-Pure: no I/O.
+Pure: no I/O. An elastic job has one role, so its pods are identical for placement: the same GPU
+request, node selector, tolerations and affinity. How many fit is then a count, not a search: each
+eligible node holds floor(free / request) of them, whatever the packing. One pass over the nodes, no
+candidate gang built: O(nodes) per decision, at any maxReplicas.
 """
 
 from __future__ import annotations
@@ -10,30 +13,30 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loom.api.trainingjob import TrainingJob
-from loom.builders.trainingjob import desired_pods, pod_gpus
-from loom.builders.trainingjob_gang import fits
-from loom.builders.trainingjob_view import Cluster
-from loom.health.failures import is_terminal
+from loom.builders.trainingjob import placement_spec, pod_gpus
+from loom.builders.trainingjob_gang import Node, is_eligible
 
 
-def free_after_own_pods(cluster: Cluster, pods: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """Free GPUs per node as they will be once the job's own `pods` are gone."""
-    free = dict(cluster.free)
-    for pod in pods:
-        node = pod.get("spec", {}).get("nodeName")
-        if node in free and not is_terminal(pod):
-            free[node] += pod_gpus(pod.get("spec", {}))
-    return free
+def capacity(spec: Mapping[str, Any], free: Mapping[str, int], nodes: Mapping[str, Node]) -> int | None:
+    """How many pods of `spec` fit `free` at once; None when they need no GPU (no limit from GPUs)."""
+    gpus = pod_gpus(spec)
+    if gpus <= 0:
+        return None
+    eligible = (left for name, left in free.items() if name in nodes and is_eligible(nodes[name], spec))
+    return sum(left // gpus for left in eligible)
 
 
 def largest_fit(
-    job: TrainingJob, attempt: int, excluded: Sequence[str], free: Mapping[str, int], cluster: Cluster
+    job: TrainingJob,
+    excluded: Sequence[str],
+    free: Mapping[str, int],
+    nodes: Mapping[str, Node],
+    cap: int | None = None,
 ) -> int:
-    """The most replicas (between elastic min and max) whose pods fit `free`; min when none does."""
+    """The most replicas, between elastic min and max (and at most `cap`), whose pods fit `free`;
+    minReplicas when fewer fit."""
     elastic = job.spec.elastic
     assert elastic is not None
-    for size in range(elastic.maxReplicas, elastic.minReplicas - 1, -1):
-        specs = [p["spec"] for p in desired_pods(job, attempt, size=size, excluded_nodes=excluded)]
-        if fits(free, cluster.nodes, specs):
-            return size
-    return elastic.minReplicas
+    most = min(elastic.maxReplicas, cap) if cap else elastic.maxReplicas
+    fit = capacity(placement_spec(job, excluded), free, nodes)
+    return max(elastic.minReplicas, most if fit is None else min(most, fit))

@@ -16,6 +16,7 @@ from loom.builders.trainingjob_conditions import Event
 from loom.builders.trainingjob_decision import RESYNC, DecisionBase, Plan
 from loom.builders.trainingjob_view import (
     FAILED,
+    GANG_SCHEDULED,
     RESTARTING,
     RUNNING,
     SUCCEEDED,
@@ -59,6 +60,7 @@ class Lifecycle(DecisionBase):
                 (policy == CleanPodPolicy.RUNNING or stop_running) and not is_terminal(pod)
             ):
                 self._delete(pod)
+        self._delete_groups()  # no pod of a finished job is scheduled again
         ttl = self.spec.runPolicy.ttlSecondsAfterFinished
         done = self.st.completionTime
         if ttl is not None and done is not None:
@@ -79,6 +81,10 @@ class Lifecycle(DecisionBase):
         )
         self.c.unset(RUNNING, "JobSuspended", "the job is suspended")
         self.c.unset(RESTARTING, "JobSuspended", "the job is suspended")
+        if self.c.has(GANG_SCHEDULED):
+            self.c.set(GANG_SCHEDULED, False, "JobSuspended", "the job is suspended; its pods are deleted")
+        self._delete_groups()
+        self.st.podGroup = None
         self.st.startTime = None
         self.st.nextAttemptTime = None
         self._count_replicas()

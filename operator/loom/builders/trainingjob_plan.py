@@ -5,7 +5,13 @@ test checks). Every reconcile recomputes the whole plan from the spec, the statu
 earlier decisions: attempt, restart count, times) and the observed pods, so an operator killed at
 any point converges to the same result. The controller carries a plan out in a fixed order:
 status first (so that a new attempt is recorded before its pods exist), then deletions, the
-Service, creations, ungating, the job's own deletion, and last the events.
+Service, the PodGroup, pod creations, ungating, the job's own deletion, and last the events.
+
+Who places a gang all-or-nothing (trainingjob.gang_path): kube-scheduler, through a PodGroup, where the
+API server serves scheduling.k8s.io/v1alpha2 PodGroups; else Loom, by lifting its scheduling gate from
+every pod at once when its count of the free GPUs says the gang fits. On either path, a gang of which the
+scheduler could not place a pod is never left partly bound: it is released (or an elastic one restarted
+at the size that was bound).
 
 The parts, by concern: trainingjob_view (what is read), trainingjob_conditions (conditions and
 their events), trainingjob_decision (the state they share), trainingjob_lifecycle (finishing,
@@ -23,9 +29,9 @@ from loom.builders import readiness
 from loom.builders.trainingjob import name_problem
 from loom.builders.trainingjob_conditions import Event
 from loom.builders.trainingjob_decision import (
-    ELASTIC_SCALE_UP,
     GANG_TIMEOUT,
     RESYNC,
+    GroupDeletion,
     Plan,
     PodDeletion,
 )
@@ -39,6 +45,7 @@ __all__ = [
     "RESYNC",
     "Cluster",
     "Event",
+    "GroupDeletion",
     "Plan",
     "PodDeletion",
     "attempt_of",
@@ -48,9 +55,16 @@ __all__ = [
 ]
 
 
-def decide(job: TrainingJob, pods: Sequence[Mapping[str, Any]], cluster: Cluster, now: datetime) -> Plan:
-    """What to do next for `job`, given all of its observed pods (every attempt) and the cluster."""
-    plan = _Decision(job, pods, cluster, now).run()
+def decide(
+    job: TrainingJob,
+    pods: Sequence[Mapping[str, Any]],
+    cluster: Cluster,
+    now: datetime,
+    groups: Sequence[Mapping[str, Any]] = (),
+) -> Plan:
+    """What to do next for `job`, given all of its observed pods and PodGroups (every attempt) and the
+    cluster."""
+    plan = _Decision(job, pods, cluster, now, groups).run()
     if not job.metadata.get("deletionTimestamp"):  # Ready, Reconciling, Stalled: what GitOps tools read
         previous = job.status.conditions if job.status else []
         readiness.trainingjob(plan.status, previous, job.metadata.get("generation"), now)
@@ -98,9 +112,12 @@ class _Decision(Lifecycle, GangPlan):
                 limit = self.spec.runPolicy.backoffLimit
                 return self._fail("BackoffLimitExceeded", f"{failure.message}; backoffLimit {limit} reached")
             self._restart(failure.kind, failure.message, counted=True, lost=self._lost_nodes())
+        elif (stuck := self._stuck_pods()) is not None:  # admitted, but the scheduler cannot place it
+            self._unstick(stuck)
         elif self._gang_timed_out():
-            self._release_gang()
-        elif self._should_grow():
-            self._restart(ELASTIC_SCALE_UP, f"capacity for {self._largest_fit()} replicas", counted=False)
+            timeout = self.spec.runPolicy.schedulingTimeoutSeconds
+            self._release_gang(GANG_TIMEOUT, f"not Running within schedulingTimeoutSeconds ({timeout} s)")
+        elif (resize := self._elastic_resize()) is not None:
+            self._resize(*resize)
         self._run_gang()
         return self._done()

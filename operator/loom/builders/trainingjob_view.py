@@ -20,21 +20,31 @@ from loom.health.failures import NodeState
 
 CREATED, RUNNING, RESTARTING = "Created", "Running", "Restarting"
 SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
+GANG_SCHEDULED = "GangScheduled"  # every pod of the current gang is bound, or why none is
+NODES_EXCLUDED = "NodesExcluded"  # later gangs avoid nodes lost under earlier ones
 
 
 @dataclass(frozen=True)
 class Cluster:
-    """What the controller observes beyond the job's own pods: nodes, and every pod holding or
-    wanting GPUs (`admitted`: pods ungated by Loom whose update was not observed yet)."""
+    """What the controller observes beyond the job's own pods: nodes, every pod holding or wanting
+    GPUs (`admitted`: pods ungated by Loom whose update was not observed yet), and whether the API
+    server serves PodGroups (kube-scheduler's gang scheduling)."""
 
     nodes: Mapping[str, Node] = field(default_factory=dict)
     pods: Iterable[GpuPod] = ()
     admitted: frozenset[tuple[str, str]] = frozenset()
+    pod_groups_served: bool = False
 
     @cached_property
     def free(self) -> dict[str, int]:
         """GPUs free per usable node; computed only by decisions that need it."""
         return free_gpus(self.nodes.values(), self.pods, self.admitted)
+
+    def free_without(self, namespace: str, names: Iterable[str]) -> dict[str, int]:
+        """GPUs free per usable node as they will be once the pods `names` of `namespace` are gone."""
+        gone = {(namespace, n) for n in names}
+        kept = [p for p in self.pods if (p.namespace, p.name) not in gone]
+        return free_gpus(self.nodes.values(), kept, self.admitted)
 
 
 def parse_time(value: Any) -> datetime | None:

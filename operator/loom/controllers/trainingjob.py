@@ -1,10 +1,15 @@
 """TrainingJob controller: Kopf indexes and triggers, and a work queue that carries out plans.
 
 Observed through Kopf indexes (in memory, filled before any handler runs): TrainingJobs, their
-pods (slim copies), every pod that holds GPUs, and nodes. Events only enqueue keys; a worker reads
-the latest observations, calls the pure `decide`, and applies the plan through `loom.kube` in a
-thread pool: status first, then pods, then events. Level-triggered throughout: a worker never
-relies on which event woke it.
+pods (slim copies) and PodGroups, every pod that holds GPUs, and nodes. Events only enqueue keys; a
+worker reads the latest observations, calls the pure `decide`, and applies the plan through `loom.kube`
+in a thread pool: status first, then deletions, the PodGroup, pods, then events. Level-triggered
+throughout: a worker never relies on which event woke it.
+
+Whether the API server serves scheduling.k8s.io/v1alpha2 PodGroups (kube-scheduler's gang scheduling)
+is asked once, at startup, as Kopf resolves its watches then: an API server that starts serving them
+later is used after the operator restarts. Without them the PodGroup index stays empty (Kopf warns that
+it cannot serve the resource) and every gang is admitted by Loom's gate.
 """
 
 from __future__ import annotations
@@ -36,8 +41,13 @@ from loom.builders.common import (
 from loom.builders.trainingjob import LABEL_JOB, pod_gpus
 from loom.builders.trainingjob_gang import Node, gpu_pod_from, node_from
 from loom.builders.trainingjob_plan import RESYNC, Cluster, Plan, decide
+from loom.builders.trainingjob_podgroup import (
+    POD_GROUP_API_VERSION,
+    POD_GROUP_KIND,
+    POD_GROUP_PLURAL,
+)
 from loom.controllers.clock import Clock
-from loom.controllers.trainingjob_observe import Memory, slim_pod
+from loom.controllers.trainingjob_observe import Memory, slim_pod, slim_pod_group
 from loom.controllers.trainingjob_queue import WorkQueue
 
 KIND = "TrainingJob"
@@ -93,11 +103,21 @@ async def trainingjob_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, N
     return {name: node_from(body)}
 
 
+@kopf.index("scheduling.k8s.io", "v1alpha2", POD_GROUP_PLURAL, labels={LABEL_JOB: kopf.PRESENT})
+async def trainingjob_podgroups(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    return {(str(namespace), labels[LABEL_JOB]): slim_pod_group(body)}
+
+
 # -- triggers ------------------------------------------------------------------------------------
 @kopf.on.startup()
 async def trainingjob_start(**kwargs: Any) -> None:
-    for name in ("trainingjob_bodies", "trainingjob_pods", "trainingjob_nodes"):
+    for name in ("trainingjob_bodies", "trainingjob_pods", "trainingjob_nodes", "trainingjob_podgroups"):
         memory.indices[name] = kwargs[name]
+    memory.pod_groups_served = await _in_thread(kube.serves, POD_GROUP_API_VERSION, POD_GROUP_PLURAL)
+    path = "kube-scheduler's gang scheduling (PodGroups)" if memory.pod_groups_served else "Loom's gate"
+    log.info("TrainingJob gangs are placed all-or-nothing by %s", path)
     await _in_thread(_warm_up)
     queue.start()
 
@@ -120,6 +140,12 @@ async def trainingjob_pod_event(
         queue.add((str(namespace), labels[LABEL_JOB]), delay=POD_EVENT_BATCH_SECONDS)
     if pod_gpus(spec) > 0 and (type == "DELETED" or status.get("phase") in ("Succeeded", "Failed")):
         _wake_waiting()  # GPUs were freed: gangs waiting for them may fit now
+
+
+@kopf.on.event("scheduling.k8s.io", "v1alpha2", POD_GROUP_PLURAL, labels={LABEL_JOB: kopf.PRESENT})
+async def trainingjob_podgroup_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
+    """The scheduler's verdict on a gang (PodGroupScheduled) is part of the job's status."""
+    queue.add((str(namespace), labels[LABEL_JOB]), delay=POD_EVENT_BATCH_SECONDS)
 
 
 @kopf.on.event("nodes", when=_node_changed)
@@ -151,8 +177,14 @@ async def reconcile(key: Key) -> float | None:
     indexed = list(memory.indices["trainingjob_pods"].get(None) or ())
     seen = {(p.namespace, p.name) for p in indexed}
     gpu_pods = [*indexed, *memory.expectations.reservations(seen, now)]
-    cluster = Cluster(nodes=nodes, pods=gpu_pods, admitted=memory.expectations.admitted(now))
-    plan = decide(job, pods, cluster, now)
+    cluster = Cluster(
+        nodes=nodes,
+        pods=gpu_pods,
+        admitted=memory.expectations.admitted(now),
+        pod_groups_served=memory.pod_groups_served,
+    )
+    groups = _store(memory.indices.get("trainingjob_podgroups") or {}, key)
+    plan = decide(job, pods, cluster, now, groups)
     created = {p["metadata"]["name"]: p for p in plan.create}
     for name, _ in plan.ungate:  # reserve the GPUs now, before any other job decides
         memory.expectations.expect_ungated(key[0], name, now)
@@ -206,8 +238,14 @@ async def _carry_out(
     )
     for d in plan.delete:
         memory.expectations.expect_deleted(namespace, d.name, d.uid, now)
+    await _gather(
+        _in_thread(kube.delete, POD_GROUP_API_VERSION, POD_GROUP_KIND, g.name, namespace, uid=g.uid)
+        for g in plan.delete_groups
+    )
     if plan.service is not None:
         await _in_thread(kube.apply, plan.service)
+    for group in plan.create_groups:  # before its pods: the scheduler queues them as the group is complete
+        await _in_thread(kube.create, group)
     created = await _gather(_in_thread(kube.create, pod) for pod in plan.create)
     for pod, result in zip(plan.create, created, strict=True):
         memory.expectations.expect_created(key, result or pod, now)
@@ -368,5 +406,8 @@ async def _gather(calls: Any) -> list[Any]:
 
 def _warm_up() -> None:
     """Discover the API resources once, before many threads would do it at the same time."""
-    for api_version, kind in (("v1", "Pod"), ("v1", "Service"), ("v1", "Event"), (API_VERSION, KIND)):
+    kinds = [("v1", "Pod"), ("v1", "Service"), ("v1", "Event"), (API_VERSION, KIND)]
+    if memory.pod_groups_served:
+        kinds.append((POD_GROUP_API_VERSION, POD_GROUP_KIND))
+    for api_version, kind in kinds:
         kube.dynamic().resources.get(api_version=api_version, kind=kind)

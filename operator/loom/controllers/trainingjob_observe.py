@@ -37,19 +37,43 @@ def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "metadata": slim_meta,
         "spec": {
-            **_pick(spec, ("nodeName", "schedulingGates")),
+            **_pick(spec, ("nodeName", "schedulingGates", "schedulingGroup")),
             "containers": [_pick(c, _CONTAINER_KEYS) for c in spec.get("containers") or []],
             "initContainers": [_pick(c, _CONTAINER_KEYS) for c in spec.get("initContainers") or []],
         },
         "status": {
             **_pick(status, ("phase", "reason", "message")),
-            "conditions": [_pick(c, ("type", "status", "reason")) for c in status.get("conditions") or []],
+            "conditions": [_pick_condition(c) for c in status.get("conditions") or []],
             "containerStatuses": [
                 _pick(c, _STATUS_CONTAINER_KEYS) for c in status.get("containerStatuses") or []
             ],
             "initContainerStatuses": [
                 _pick(c, _STATUS_CONTAINER_KEYS) for c in status.get("initContainerStatuses") or []
             ],
+        },
+    }
+
+
+def _pick_condition(condition: Mapping[str, Any]) -> dict[str, Any]:
+    """A pod condition's type, status and reason; and what the scheduler said of a pod it could not place."""
+    keys: tuple[str, ...] = ("type", "status", "reason")
+    if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+        keys += ("message",)
+    return _pick(condition, keys)
+
+
+def slim_pod_group(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a PodGroup that decisions read: its name, attempt, policy and the scheduler's verdict."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return {
+        "metadata": _pick(meta, ("name", "namespace", "uid", "labels", "deletionTimestamp")),
+        "spec": _pick(body.get("spec") or {}, ("schedulingPolicy",)),
+        "status": {
+            "conditions": [
+                _pick(c, ("type", "status", "reason", "message", "lastTransitionTime"))
+                for c in status.get("conditions") or []
+            ]
         },
     }
 
@@ -154,6 +178,7 @@ class Memory:
     waiting: set[Key] = field(default_factory=set)  # gangs waiting for GPUs (or elastic jobs that could grow)
     phases: dict[Key, str] = field(default_factory=dict)  # as counted in loom_resources
     nodes_seen: dict[str, tuple[bool, bool, int]] = field(default_factory=dict)  # (ready, cordoned, GPUs)
+    pod_groups_served: bool = False  # does the API server serve scheduling.k8s.io/v1alpha2 PodGroups
     last_status_patch: dict[Key, float] = field(default_factory=dict)  # monotonic seconds
 
     def forget(self, key: Key) -> None:
