@@ -51,7 +51,9 @@ def test_applying_an_overlay_twice_changes_nothing(kubeconfig: str, overlay: str
         kubectl(*apply)  # no conflicts either: every field this manager sets, it owns
         after = ours(overlay)
         moved = [k for k in before if before[k] != after[k]]
-        assert not moved, f"the second apply changed {moved}"
+        assert not moved, f"the second apply changed {moved}: " + "; ".join(
+            f"{before[k]} -> {after[k]}" for k in moved
+        )
         assert len(before) > 10, sorted(before)
     finally:
         # as test_crds: the operator Deployment's (KWOK) pods would only hold the cluster's fake nodes
