@@ -19,7 +19,16 @@ from typing import Any
 import pytest
 
 from e2e.pools import Pool, gpu_pool
-from e2e.support import LOOM_HOME, ROOT, Operator, kubectl, unwatch_namespace, wait_for, watch_namespace
+from e2e.support import (
+    LOOM_HOME,
+    ROOT,
+    Operator,
+    kubectl,
+    unwatch_namespace,
+    wait_established,
+    wait_for,
+    watch_namespace,
+)
 
 NAMESPACE_PREFIX = f"e2e-{uuid.uuid4().hex[:4]}-"
 
@@ -103,8 +112,7 @@ def kubeconfig() -> str:
     os.environ["KUBECONFIG"] = path
     _release_stuck_namespaces()
     kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "crds"))
-    for crd in ("trainingjobs", "inferenceservices", "featurepipelines"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}.loom.ml", "--timeout=60s")
+    wait_established(*(f"{crd}.loom.ml" for crd in ("trainingjobs", "inferenceservices", "featurepipelines")))
     return path
 
 
@@ -120,8 +128,7 @@ def engine_crds(kubeconfig: str) -> list[str]:
     directory = fetched.stdout.strip().splitlines()[-1]
     kubectl("apply", "--server-side", "--force-conflicts", "-f", directory)
     names = ["sparkapplications.sparkoperator.k8s.io", "rayjobs.ray.io"]
-    for crd in names:
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    wait_established(*names)
     return names
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from e2e.support import LOOM_HOME, ROOT, kubectl
+from e2e.support import LOOM_HOME, ROOT, kubectl, wait_established
 
 PEERING_CRD = """
 apiVersion: apiextensions.k8s.io/v1
@@ -53,7 +53,7 @@ def pick(docs: Iterable[dict[str, Any]], kind: str, name: str) -> dict[str, Any]
 
 def ensure_namespaced_peering_crd() -> None:
     kubectl("apply", "--server-side", "--field-manager=e2e", "-f", "-", input=PEERING_CRD)
-    kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    wait_established("kopfpeerings.kopf.dev")
 
 
 def token_kubeconfig(namespace: str, service_account: str, path: Path, seconds: int = 3600) -> str:

@@ -55,6 +55,19 @@ def wait_for(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.2, 
         time.sleep(interval)
 
 
+def wait_established(*crds: str, timeout: float = 60.0) -> None:
+    """Wait until each CRD (by name) is Established. Not `kubectl wait --for=condition=Established`: on a
+    CRD created a moment ago, before the API server wrote any condition, kubectl fails at once
+    ("accessor error: <nil> ... expected []interface{}") instead of waiting."""
+    path = '{.status.conditions[?(@.type=="Established")].status}'
+    for crd in crds:
+        wait_for(
+            lambda c=crd: kubectl("get", "crd", c, "-o", f"jsonpath={path}", check=False).strip() == "True",
+            timeout=timeout,
+            what=f"CRD {crd} Established",
+        )
+
+
 # What a timed-out wait reports: the namespaces of the running test and the operator process.
 _watched: list[str] = []
 _operators: list[Operator] = []

@@ -9,8 +9,9 @@ import subprocess
 from typing import Any
 
 import pytest
+import yaml
 
-from e2e.support import KUBECTL, ROOT, kubectl
+from e2e.support import KUBECTL, ROOT, kubectl, wait_established
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -37,7 +38,10 @@ def test_applying_an_overlay_twice_changes_nothing(kubeconfig: str, overlay: str
     apply = ["apply", "--server-side", f"--field-manager={MANAGER}", "-k", path]
     try:
         kubectl(*apply, "--force-conflicts")  # the suite applied the CRDs with another manager
-        kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        rendered = [d for d in yaml.safe_load_all(kubectl("kustomize", path)) if d]
+        wait_established(
+            *(d["metadata"]["name"] for d in rendered if d["kind"] == "CustomResourceDefinition")
+        )
         before = ours(overlay)
         diff = subprocess.run(
             [KUBECTL, "diff", "--server-side", f"--field-manager={MANAGER}", "-k", path],

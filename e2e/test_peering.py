@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from e2e.support import Operator, apply_yaml, get_cr, kubectl, unwatch_namespace, wait_for, watch_namespace
+from e2e.support import (
+    Operator,
+    apply_yaml,
+    get_cr,
+    kubectl,
+    unwatch_namespace,
+    wait_established,
+    wait_for,
+    watch_namespace,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -76,7 +85,7 @@ def namespace(kubeconfig: str) -> Iterator[str]:
 @pytest.fixture
 def peers(kubeconfig: str, namespace: str, tmp_path: Path) -> Iterator[tuple[Operator, Operator]]:
     kubectl("apply", "--server-side", "-f", "-", input=PEERING_CRD)
-    kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    wait_established("kopfpeerings.kopf.dev")
     apply_yaml({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING}}, namespace)
     # the same explicit priority (the default is by age, which would let the older one act)
     args = ["--namespace", namespace, "--peering", PEERING, "--peering-priority", "0"]
