@@ -3,6 +3,7 @@
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
       nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev libssl-dev
+      libcurl4-openssl-dev
       redis-server curl prometheus)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -18,7 +18,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ -n $fdir ]] || fdir=$("$SIDECAR_DIR/scripts/build.sh" fuzz | tail -1)
-[[ ${#targets[@]} -gt 0 ]] || targets=(safetensors_fuzz shard_index_fuzz manifest_fuzz)
+[[ ${#targets[@]} -gt 0 ]] || targets=(safetensors_fuzz shard_index_fuzz manifest_fuzz s3_xml_fuzz credentials_file_fuzz)
 artifacts=$SIDECAR_CACHE/fuzz-artifacts
 mkdir -p "$artifacts"
 scratch=$(mktemp -d)

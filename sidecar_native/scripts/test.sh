@@ -9,6 +9,9 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-8}
 [[ -x $PYTHON ]] || die "no Python venv at $REPO_ROOT/.venv (run: make venv)"
 
 bin=$("$SIDECAR_DIR/scripts/build.sh" asan | tail -1)
+# The real S3 server of the S3 tests (GoogleTest and pytest): built once per machine, ~2-5 min cold.
+LOOM_VERSITYGW=$("$SIDECAR_DIR/scripts/build_versitygw.sh" | tail -1)
+export LOOM_VERSITYGW
 bdir=$(dirname "$bin")
 log "GoogleTest (ctest, ASan+UBSan)"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}

@@ -38,8 +38,21 @@ Usage:
       without copying when their manifest and source fingerprint still match.
 
 URI: a .safetensors file, a directory (with model.safetensors.index.json or *.safetensors),
-an index .json file, file://PATH, or an http(s):// URL of a file or of an index (read with
-parallel Range requests). NAME: [A-Za-z0-9][A-Za-z0-9_.-]{0,127}.
+an index .json file, file://PATH, an http(s):// URL of a file or of an index, or an object
+store URI: s3://BUCKET/KEY, gs://BUCKET/KEY, hf://ORG/REPO[@REVISION][/PATH]. An object store
+URI that does not end in .safetensors or .json is a prefix: its index, else every .safetensors
+object directly under it. Remote objects are read with parallel Range requests pinned to the
+ETag first seen. NAME: [A-Za-z0-9][A-Za-z0-9_.-]{0,127}.
+
+Credentials (read from the environment, never printed):
+  s3://  AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY [+ AWS_SESSION_TOKEN]; else AWS_ROLE_ARN +
+         AWS_WEB_IDENTITY_TOKEN_FILE (STS AssumeRoleWithWebIdentity at AWS_ENDPOINT_URL_STS or
+         sts.REGION.amazonaws.com); else AWS_SHARED_CREDENTIALS_FILE (~/.aws/credentials),
+         profile AWS_PROFILE; else unsigned.
+  gs://  GCS_ACCESS_KEY_ID + GCS_SECRET_ACCESS_KEY (HMAC, S3-compatible XML API); else a bearer
+         token in CLOUDSDK_AUTH_ACCESS_TOKEN_FILE; else the metadata server (GCE_METADATA_HOST,
+         Workload Identity); else anonymous.
+  hf://  HF_TOKEN, else the file HF_TOKEN_PATH; else anonymous.
 
 Flags:
   --dir DIR               shared directory (a memory emptyDir); default $LOOM_MODEL_DIR
@@ -56,7 +69,13 @@ Flags:
   --reserve SIZE          refuse a model that would leave less than SIZE free in DIR (default 0)
   --http-timeout SECONDS  connect/read timeout per HTTP request (default 10/60)
   --http-retries N        retries per HTTP request on transient errors (default 3)
+  --throttle-retries N    retries when the store throttles (429/503), full-jitter backoff (default 8)
   --ca-file PATH          CA bundle for https sources (default: system store)
+  --s3-endpoint URL       S3-compatible endpoint (default AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS)
+  --s3-region REGION      signing region (default AWS_REGION, AWS_DEFAULT_REGION, us-east-1)
+  --s3-addressing MODE    path, virtual or auto (default auto: virtual-hosted on AWS, path elsewhere)
+  --gcs-endpoint URL      GCS XML API endpoint (default https://storage.googleapis.com)
+  --hf-endpoint URL       Hugging Face hub (default HF_ENDPOINT, https://huggingface.co)
   --keep-serving-on-error serve: stay up when a configured model fails (/readyz stays 503)
   --no-adopt              serve: ignore models an earlier run left in DIR
   --termination-log PATH  where to write the failure reason (default /dev/termination-log, if present)
@@ -74,12 +93,14 @@ Exit codes:
   0   success (serve: clean shutdown on SIGTERM)
   1   internal error
   2   invalid model (not valid safetensors, bad index, duplicate tensors)
-  3   source unreachable (missing file, HTTP error, connection failure)
+  3   source unreachable (not found, HTTP error, connection failure)
   4   no space (directory free space or memory limit too small for the model)
   5   I/O error while reading or writing
   6   not found
   7   failed precondition (e.g. O_DIRECT or CUDA not available)
   8   source changed: the object was replaced while it was being staged (a retry stages the new one)
+  9   forbidden: the store refused the credentials (or there were none)
+  10  throttled: the store kept throttling past --throttle-retries
   64  usage error (bad flag or argument)
 The reason is printed as one line on stderr (and written to the termination log).
 )";
@@ -134,7 +155,23 @@ Result<CliOptions> ParseArgs(const std::vector<std::string>& args, const char* e
          o.http.retries = static_cast<int>(n);
          return Status::OK();
        }},
+      {"--throttle-retries", [&](const std::string& v) {
+         LOOM_ASSIGN_OR_RETURN(uint64_t n, ParseCount("--throttle-retries", v, 0, 100));
+         o.http.throttle_retries = static_cast<int>(n);
+         return Status::OK();
+       }},
       {"--ca-file", [&](const std::string& v) { o.http.ca_file = v; return Status::OK(); }},
+      {"--s3-endpoint", [&](const std::string& v) { o.stores.s3_endpoint = v; return Status::OK(); }},
+      {"--s3-region", [&](const std::string& v) { o.stores.s3_region = v; return Status::OK(); }},
+      {"--s3-addressing", [&](const std::string& v) {
+         if (v != "path" && v != "virtual" && v != "auto") {
+           return Status::InvalidArgument("--s3-addressing takes path, virtual or auto");
+         }
+         o.stores.s3_addressing = v;
+         return Status::OK();
+       }},
+      {"--gcs-endpoint", [&](const std::string& v) { o.stores.gcs_endpoint = v; return Status::OK(); }},
+      {"--hf-endpoint", [&](const std::string& v) { o.stores.hf_endpoint = v; return Status::OK(); }},
       {"--termination-log", [&](const std::string& v) { o.termination_log = v; return Status::OK(); }},
   };
   const std::map<std::string, std::function<void()>> switches = {

@@ -1,12 +1,7 @@
 #include "loom/http_source.h"
 
-#include <httplib.h>
-
-#include <chrono>
-#include <mutex>
+#include <cstring>
 #include <optional>
-#include <thread>
-#include <vector>
 
 namespace loom {
 namespace {
@@ -16,93 +11,89 @@ std::optional<uint64_t> ParseU64(const std::string& s) {
   return std::stoull(s);
 }
 
-bool Transient(int status) { return status == 0 || status == 408 || status == 429 || status >= 500; }
-
-Status StatusForHttp(int status, const std::string& what) {
-  if (status == 404 || status == 403 || status == 401 || status == 410) {
-    return Status::Unavailable(what + ": HTTP " + std::to_string(status));
-  }
-  if (Transient(status)) return Status::Unavailable(what + ": HTTP " + std::to_string(status));
-  return Status::IOError(what + ": unexpected HTTP " + std::to_string(status));
-}
-
-class HttpSource final : public Source {
+class RemoteSource final : public Source {
  public:
-  HttpSource(std::string url, ParsedUrl parsed, HttpOptions options)
-      : url_(std::move(url)), parsed_(std::move(parsed)), options_(std::move(options)) {}
+  RemoteSource(RemoteObject object, std::shared_ptr<const HttpClient> client)
+      : o_(std::move(object)), client_(std::move(client)) {}
 
   Status Init() {
     // HEAD first; some object stores (presigned GET URLs) refuse it, so fall back to bytes=0-0.
-    Status last;
-    for (int attempt = 0; attempt <= options_.retries; ++attempt) {
-      if (attempt) Backoff(attempt);
-      auto client = Borrow();
-      httplib::Result head = client->Head(parsed_.path);
-      std::optional<uint64_t> length;
-      if (head && head->status == 200) length = ParseU64(head->get_header_value("Content-Length"));
-      if (length) {
+    Status make_error;
+    FetchResult head = FetchWithRetries(*client_, [&] { return Request("HEAD"); }, &make_error);
+    LOOM_RETURN_IF_ERROR(make_error);
+    if (head.response.status == 200) {
+      if (std::optional<uint64_t> length = ParseU64(head.response.Header("content-length"))) {
         size_ = *length;
-        SetVersion(*head);
-        Return(std::move(client));
+        SetVersion(head.response);
         return Status::OK();
       }
-      httplib::Result probe = client->Get(parsed_.path, {{"Range", "bytes=0-0"}});
-      if (probe && probe->status == 206) {
-        const std::string cr = probe->get_header_value("Content-Range");  // bytes 0-0/TOTAL
-        const size_t slash = cr.rfind('/');
-        std::optional<uint64_t> total;
-        if (slash != std::string::npos) total = ParseU64(cr.substr(slash + 1));
-        if (total) {
-          size_ = *total;
-          SetVersion(*probe);
-          Return(std::move(client));
-          return Status::OK();
-        }
-        return Status::Unavailable(url_ + ": server did not report the object size in Content-Range");
-      }
-      const int status = probe ? probe->status : (head ? head->status : 0);
-      last = probe || head ? StatusForHttp(status, url_)
-                           : Status::Unavailable(url_ + ": " + httplib::to_string(probe.error()));
-      if ((probe || head) && !Transient(status)) break;
     }
-    return last;
+    if (head.response.status == 401 || head.response.status == 403 || head.response.status == 404 ||
+        head.response.status == 410 || head.response.status == 0 || IsThrottled(head.response)) {
+      return StatusForAnswer(head, o_.uri);  // the GET would answer the same
+    }
+    FetchResult probe = FetchWithRetries(
+        *client_,
+        [&]() -> Result<HttpRequest> {
+          LOOM_ASSIGN_OR_RETURN(HttpRequest r, Request("GET"));
+          r.range = {0, 0};
+          return r;
+        },
+        &make_error);
+    LOOM_RETURN_IF_ERROR(make_error);
+    if (probe.response.status == 206) {
+      const std::string cr = probe.response.Header("content-range");  // bytes 0-0/TOTAL
+      const size_t slash = cr.rfind('/');
+      std::optional<uint64_t> total;
+      if (slash != std::string::npos) total = ParseU64(cr.substr(slash + 1));
+      if (!total) return Status::Unavailable(o_.uri + ": the server did not report the object size in Content-Range");
+      size_ = *total;
+      SetVersion(probe.response);
+      return Status::OK();
+    }
+    if (probe.response.status == 200) {
+      return Status::Unavailable(o_.uri + ": the server ignores Range requests (answered 200 to bytes=0-0)");
+    }
+    return StatusForAnswer(probe, o_.uri);
   }
 
-  const std::string& uri() const override { return url_; }
+  const std::string& uri() const override { return o_.uri; }
   uint64_t size() const override { return size_; }
-  std::string version() const override { return version_; }
+  std::string version() const override { return o_.version_prefix + version_; }
 
   Status ReadV(uint64_t offset, std::span<const std::span<uint8_t>> pieces) const override {
     uint64_t total = 0;
     for (const auto& p : pieces) total += p.size();
     if (total == 0) return Status::OK();
-    if (offset + total > size_) return Status::Internal("read past the end of " + url_);
-    const std::string range = "bytes=" + std::to_string(offset) + "-" + std::to_string(offset + total - 1);
-    httplib::Headers headers = {{"Range", range}, {"Accept-Encoding", "identity"}};
-    if (!etag_.empty() && !etag_.starts_with("W/")) {
-      headers.emplace("If-Match", etag_);  // a weak tag never matches If-Match (strong comparison)
-    } else if (etag_.empty() && !last_modified_.empty()) {
-      headers.emplace("If-Unmodified-Since", last_modified_);
-    }
-    Status last;
-    for (int attempt = 0; attempt <= options_.retries; ++attempt) {
-      if (attempt) Backoff(attempt);
-      auto client = Borrow();
-      int status = 0;
-      std::string changed;  // the version a response reported, when it is not the one opened
-      size_t piece = 0, piece_off = 0;
-      uint64_t received = 0;
-      httplib::Result res = client->Get(
-          parsed_.path, headers,
-          [&](const httplib::Response& r) {
-            status = r.status;
-            // 206 with our range, or 200 with the whole object when the range was all of it.
-            const bool ok = r.status == 206 || (r.status == 200 && offset == 0 && total == size_);
-            if (ok) changed = ChangedVersion(r);
-            return ok && changed.empty();
-          },
-          [&](const char* data, size_t len) {
-            if (received + len > total) return false;  // server sent more than asked
+    if (offset + total > size_) return Status::Internal("read past the end of " + o_.uri);
+    const std::string range = "bytes " + std::to_string(offset) + "-" + std::to_string(offset + total - 1);
+    std::string changed;  // the version a response reported, when it is not the one opened
+    size_t piece = 0, piece_off = 0;
+    uint64_t received = 0;
+    Status make_error;
+    FetchResult f = FetchWithRetries(
+        *client_,
+        [&]() -> Result<HttpRequest> {
+          LOOM_ASSIGN_OR_RETURN(HttpRequest r, Request("GET"));
+          r.range = {offset, offset + total - 1};
+          if (!etag_.empty() && !etag_.starts_with("W/")) {
+            r.headers.push_back("If-Match: " + etag_);  // a weak tag never matches If-Match
+          } else if (etag_.empty() && !last_modified_.empty()) {
+            r.headers.push_back("If-Unmodified-Since: " + last_modified_);
+          }
+          return r;
+        },
+        &make_error,
+        [&](const HttpResponse& r) {
+          // 206 with our range, or 200 with the whole object when the range was all of it.
+          const bool ok = r.status == 206 || (r.status == 200 && offset == 0 && total == size_);
+          if (ok) changed = ChangedVersion(r);
+          return changed.empty();
+        },
+        [&]() -> BodySink {
+          piece = 0, piece_off = 0, received = 0;
+          return [&](const char* data, size_t len) {
+            if (received + len > total) return false;  // the server sent more than asked
             received += len;
             while (len > 0) {
               const size_t n = std::min(len, pieces[piece].size() - piece_off);
@@ -111,53 +102,55 @@ class HttpSource final : public Source {
               if (piece_off == pieces[piece].size()) ++piece, piece_off = 0;
             }
             return true;
-          });
-      if (status == 412 || !changed.empty()) {
-        const std::string why = status == 412 ? "HTTP 412: If-Match " + etag_ + " no longer holds"
+          };
+        },
+        [&](const HttpResponse& r) { return r.error.empty() && received == total; });
+    LOOM_RETURN_IF_ERROR(make_error);
+    const HttpResponse& r = f.response;
+    if (r.status == 412 || !changed.empty()) {
+      const std::string why = r.status == 412 ? "HTTP 412: If-Match " + etag_ + " no longer holds"
                                               : "it was " + Shown() + ", now " + changed;
-        return Status::SourceChanged(url_ + " changed while it was being read (" + why +
-                                     "); staging it again reads the new version");
-      }
-      if (res && received == total) {
-        Return(std::move(client));
-        return Status::OK();
-      }
-      if (status != 0 && status != 206 && status != 200) {
-        last = StatusForHttp(status, url_ + " range " + range);
-        if (!Transient(status)) return last;
-      } else if (res) {
-        last = Status::IOError(url_ + " range " + range + ": got " + std::to_string(received) + " of " +
-                               std::to_string(total) + " bytes");
-      } else {
-        last = Status::Unavailable(url_ + " range " + range + ": " + httplib::to_string(res.error()));
-      }
+      return Status::SourceChanged(o_.uri + " changed while it was being read (" + why +
+                                   "); staging it again reads the new version");
     }
-    return last;
+    if ((r.status == 206 || r.status == 200) && r.error.empty() && received == total) return Status::OK();
+    if (r.status == 206 || r.status == 200) {
+      return Status::IOError(o_.uri + " range " + range + ": got " + std::to_string(received) + " of " +
+                             std::to_string(total) + " bytes" + (r.error.empty() ? "" : " (" + r.error + ")"));
+    }
+    return StatusForAnswer(f, o_.uri + " range " + range);
   }
 
  private:
-  static void Backoff(int attempt) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100 << std::min(attempt - 1, 5)));
+  Result<HttpRequest> Request(const char* method) const {
+    HttpRequest r;
+    r.method = method;
+    r.url = o_.url;
+    r.headers = o_.headers;
+    if (o_.auth) {
+      LOOM_ASSIGN_OR_RETURN(r.auth, o_.auth());
+    }
+    return r;
   }
 
-  void SetVersion(const httplib::Response& r) {
-    if (r.has_header("ETag")) {
-      etag_ = r.get_header_value("ETag");
+  void SetVersion(const HttpResponse& r) {
+    if (!r.Header("etag").empty()) {
+      etag_ = r.Header("etag");
       version_ = "etag:" + etag_;
-    } else if (r.has_header("Last-Modified")) {
-      last_modified_ = r.get_header_value("Last-Modified");
+    } else if (!r.Header("last-modified").empty()) {
+      last_modified_ = r.Header("last-modified");
       version_ = "last-modified:" + last_modified_;
     }
   }
 
   // "" when the response is of the version opened (or says nothing about its version).
-  std::string ChangedVersion(const httplib::Response& r) const {
+  std::string ChangedVersion(const HttpResponse& r) const {
     if (!etag_.empty()) {
-      const std::string now = r.get_header_value("ETag");
+      const std::string now = r.Header("etag");
       return !now.empty() && now != etag_ ? "ETag " + now : "";
     }
     if (!last_modified_.empty()) {
-      const std::string now = r.get_header_value("Last-Modified");
+      const std::string now = r.Header("last-modified");
       return !now.empty() && now != last_modified_ ? "Last-Modified " + now : "";
     }
     return "";
@@ -165,39 +158,12 @@ class HttpSource final : public Source {
 
   std::string Shown() const { return etag_.empty() ? "Last-Modified " + last_modified_ : "ETag " + etag_; }
 
-  std::unique_ptr<httplib::Client> Borrow() const {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!pool_.empty()) {
-        auto c = std::move(pool_.back());
-        pool_.pop_back();
-        return c;
-      }
-    }
-    auto c = std::make_unique<httplib::Client>(parsed_.host_port);
-    c->set_keep_alive(true);
-    c->set_follow_location(true);
-    c->set_decompress(false);
-    c->set_connection_timeout(options_.connect_timeout_s, 0);
-    c->set_read_timeout(options_.read_timeout_s, 0);
-    if (!options_.ca_file.empty()) c->set_ca_cert_path(options_.ca_file);
-    return c;
-  }
-
-  void Return(std::unique_ptr<httplib::Client> c) const {
-    std::lock_guard<std::mutex> lock(mu_);
-    pool_.push_back(std::move(c));
-  }
-
-  std::string url_;
-  ParsedUrl parsed_;
-  HttpOptions options_;
+  RemoteObject o_;
+  std::shared_ptr<const HttpClient> client_;
   uint64_t size_ = 0;
   std::string version_;
   std::string etag_;           // as the server sent it, quotes and W/ included
   std::string last_modified_;  // only when there is no ETag
-  mutable std::mutex mu_;
-  mutable std::vector<std::unique_ptr<httplib::Client>> pool_;
 };
 
 }  // namespace
@@ -231,11 +197,22 @@ Result<std::string> SiblingUrl(std::string_view url, std::string_view name) {
   return p.host_port + path + std::string(name);
 }
 
-Result<std::unique_ptr<Source>> OpenHttpSource(const std::string& url, const HttpOptions& options) {
-  LOOM_ASSIGN_OR_RETURN(ParsedUrl parsed, ParseUrl(url));
-  auto source = std::make_unique<HttpSource>(url, std::move(parsed), options);
+Result<std::unique_ptr<Source>> OpenRemoteObject(RemoteObject object, std::shared_ptr<const HttpClient> client) {
+  auto source = std::make_unique<RemoteSource>(std::move(object), std::move(client));
   LOOM_RETURN_IF_ERROR(source->Init());
   return std::unique_ptr<Source>(std::move(source));
+}
+
+Result<std::unique_ptr<Source>> OpenHttpSource(const std::string& url, std::shared_ptr<const HttpClient> client) {
+  LOOM_RETURN_IF_ERROR(ParseUrl(url).status());
+  RemoteObject o;
+  o.uri = url;
+  o.url = url;
+  return OpenRemoteObject(std::move(o), std::move(client));
+}
+
+Result<std::unique_ptr<Source>> OpenHttpSource(const std::string& url, const HttpOptions& options) {
+  return OpenHttpSource(url, std::make_shared<const HttpClient>(options));
 }
 
 }  // namespace loom

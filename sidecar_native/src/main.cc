@@ -50,7 +50,7 @@ json TensorsJson(const SafetensorsHeader& h) {
 }
 
 int Inspect(const CliOptions& o) {
-  DefaultSourceOpener opener(Env::Default(), false, o.http);
+  DefaultSourceOpener opener(Env::Default(), false, o.http, o.stores);
   Status first_error;
   json results = json::array();
   for (const std::string& file : o.files) {
@@ -111,7 +111,7 @@ Status PrepareDir(const CliOptions& o) {
 int Stage(const CliOptions& o) {
   if (Status s = PrepareDir(o); !s.ok()) return Fail(o, s);
   Metrics metrics;
-  DefaultSourceOpener opener(Env::Default(), o.o_direct, o.http);
+  DefaultSourceOpener opener(Env::Default(), o.o_direct, o.http, o.stores);
   ModelRegistry registry(Env::Default(), &opener, &metrics, o.dir, o.stage);
   Status first_error;
   json out = json::array();
@@ -134,7 +134,7 @@ int Serve(const CliOptions& o) {
   signal(SIGPIPE, SIG_IGN);
 
   Metrics metrics;
-  DefaultSourceOpener opener(Env::Default(), o.o_direct, o.http);
+  DefaultSourceOpener opener(Env::Default(), o.o_direct, o.http, o.stores);
   ModelRegistry registry(Env::Default(), &opener, &metrics, o.dir, o.stage);
   std::vector<std::string> names;
   for (const ModelSpec& m : o.models) names.push_back(m.name);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 
+#include "loom/object_store.h"
 #include "loom/shard_index.h"
 
 namespace loom {
@@ -66,8 +67,40 @@ Result<ResolvedModel> ResolveModel(const std::string& uri, SourceOpener& opener,
   std::vector<std::string> shard_uris;
   std::optional<ShardIndex> index;
 
-  if (uri.find("://") != std::string::npos && !IsHttpUrl(uri) && !uri.starts_with("file://")) {
-    return Status::InvalidArgument("unsupported model URI \"" + uri + "\" (use a path, file://, http:// or https://)");
+  LOOM_RETURN_IF_ERROR(CheckUriScheme(uri));
+  if (IsObjectStoreUri(uri)) {
+    // Pinned first (hf: the revision's commit), so that the index and every shard are one version.
+    LOOM_ASSIGN_OR_RETURN(const std::string pinned, opener.Pin(uri));
+    std::string index_uri;
+    if (NamesObject(pinned)) {
+      if (pinned.ends_with(".json")) index_uri = pinned;
+      else shard_uris.push_back(pinned);
+    } else {
+      LOOM_ASSIGN_OR_RETURN(std::vector<std::string> names, opener.List(pinned));
+      const bool has_index = std::find(names.begin(), names.end(), kIndexFileName) != names.end();
+      if (has_index) {
+        index_uri = ChildUri(pinned, kIndexFileName);
+      } else {
+        for (const std::string& n : names) {
+          if (n.ends_with(".safetensors")) shard_uris.push_back(ChildUri(pinned, n));
+        }
+        if (shard_uris.empty()) {
+          return Status::InvalidModel(uri + " holds no .safetensors objects and no " + kIndexFileName +
+                                      " (a prefix is read one level deep)");
+        }
+      }
+    }
+    if (!index_uri.empty()) {
+      LOOM_ASSIGN_OR_RETURN(std::unique_ptr<Source> src, opener.Open(index_uri));
+      LOOM_ASSIGN_OR_RETURN(std::string text, ReadWholeSource(*src, kMaxIndexBytes));
+      Result<ShardIndex> parsed_index = ParseShardIndex(text);
+      if (!parsed_index.ok()) return parsed_index.status().Annotate(index_uri);
+      index = std::move(parsed_index).value();
+      for (const std::string& shard : index->shards) shard_uris.push_back(SiblingUri(index_uri, shard));
+    }
+    LOOM_RETURN_IF_ERROR(OpenShards(model, opener, shard_uris));
+    if (index) LOOM_RETURN_IF_ERROR(CheckIndex(*index, model, index->shards));
+    return model;
   }
   if (IsHttpUrl(uri)) {
     LOOM_ASSIGN_OR_RETURN(ParsedUrl parsed, ParseUrl(uri));

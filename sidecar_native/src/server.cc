@@ -75,6 +75,8 @@ int HttpStatusFor(const Status& s) {
     case StatusCode::kSourceChanged: return 409;
     case StatusCode::kInvalidModel: return 422;
     case StatusCode::kUnavailable: return 502;
+    case StatusCode::kPermissionDenied: return 502;  // the source refused us, not the caller
+    case StatusCode::kThrottled: return 503;
     case StatusCode::kNoSpace: return 507;
     default: return 500;
   }

@@ -8,7 +8,7 @@
 
 #include "loom/cuda_host.h"
 #include "loom/fingerprint.h"
-#include "loom/http_source.h"
+#include "loom/source_opener.h"
 
 namespace loom {
 namespace {
@@ -176,7 +176,7 @@ Result<StagedModel> StageModel(Env* env, const std::string& dir, const std::stri
 
   unsigned threads = options.threads;
   if (threads == 0) {
-    const bool remote = !model.shards.empty() && IsHttpUrl(model.shards[0]->uri());
+    const bool remote = !model.shards.empty() && !IsLocalUri(model.shards[0]->uri());
     threads = remote ? 16 : std::max(1u, std::thread::hardware_concurrency());
   }
   const std::vector<CopyTask> tasks = PlanCopies(layout, options.chunk_bytes);

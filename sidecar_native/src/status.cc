@@ -25,6 +25,8 @@ std::string_view CodeName(StatusCode code) {
     case StatusCode::kNotFound: return "not_found";
     case StatusCode::kFailedPrecondition: return "failed_precondition";
     case StatusCode::kSourceChanged: return "source_changed";
+    case StatusCode::kPermissionDenied: return "forbidden";
+    case StatusCode::kThrottled: return "throttled";
     case StatusCode::kInternal: return "internal";
   }
   return "internal";
@@ -42,6 +44,8 @@ std::string Status::ToString() const {
     case StatusCode::kInvalidArgument: out = "invalid argument: "; break;
     case StatusCode::kFailedPrecondition: out = "failed precondition: "; break;
     case StatusCode::kSourceChanged: out = "source changed: "; break;
+    case StatusCode::kPermissionDenied: out = "forbidden: "; break;
+    case StatusCode::kThrottled: out = "throttled: "; break;
     default: out = "internal error: "; break;
   }
   return out + message_;
@@ -65,6 +69,8 @@ int ExitCodeFor(const Status& status) {
     case StatusCode::kNotFound: return 6;
     case StatusCode::kFailedPrecondition: return 7;
     case StatusCode::kSourceChanged: return 8;
+    case StatusCode::kPermissionDenied: return 9;
+    case StatusCode::kThrottled: return 10;
     case StatusCode::kInvalidArgument: return 64;
     case StatusCode::kInternal: return 1;
   }

@@ -13,7 +13,14 @@ using testing::TempDir;
 class ModelResolverTest : public ::testing::Test {
  protected:
   Result<ResolvedModel> Resolve(const std::string& uri) { return ResolveModel(uri, opener_, Env::Default()); }
-  DefaultSourceOpener opener_{Env::Default(), false, HttpOptions{2, 5, 0, ""}};
+  static HttpOptions Quick() {
+    HttpOptions o;
+    o.connect_timeout_s = 2;
+    o.read_timeout_s = 5;
+    o.retries = 0;
+    return o;
+  }
+  DefaultSourceOpener opener_{Env::Default(), false, Quick()};
   TempDir dir_{"/tmp"};
 };
 
@@ -68,7 +75,7 @@ TEST_F(ModelResolverTest, ErrorsNameTheFileAndTheRule) {
 
   testing::WriteFile(dir_.Join("idx2.json"), R"({"weight_map":{"a":"missing.safetensors"}})");
   EXPECT_EQ(Resolve(dir_.Join("idx2.json")).status().code(), StatusCode::kUnavailable);
-  EXPECT_EQ(Resolve("s3://bucket/x").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(Resolve("az://bucket/x").status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST_F(ModelResolverTest, HttpFileAndHttpIndex) {

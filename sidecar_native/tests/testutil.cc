@@ -1,5 +1,16 @@
 #include "testutil.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "loom/curl_http.h"
+#include "loom/xml.h"
+
 #include <httplib.h>
 
 #include <mutex>
@@ -95,6 +106,7 @@ struct FileServer::Impl {
 
 FileServer::FileServer() : impl_(std::make_unique<Impl>()) {
   impl_->server.Get(R"(/files/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
+    if (req.method == "HEAD") ++heads;
     if (req.method == "HEAD" && refuse_head) {
       res.status = 405;
       return;
@@ -106,7 +118,8 @@ FileServer::FileServer() : impl_(std::make_unique<Impl>()) {
       if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms.load()));
       if (fail_next_gets > 0) {
         --fail_next_gets;
-        res.status = 503;
+        res.status = fail_status;
+        if (retry_after_s >= 0) res.set_header("Retry-After", std::to_string(retry_after_s.load()));
         return;
       }
     }
@@ -147,6 +160,96 @@ std::string FileServer::ETagOf(const std::string& bytes) const {
 
 std::string FileServer::Url(const std::string& name) const {
   return "http://127.0.0.1:" + std::to_string(port_) + "/files/" + name;
+}
+
+S3Server::S3Server(std::string region) : region_(std::move(region)) {
+  const char* bin = std::getenv("LOOM_VERSITYGW");
+  if (bin == nullptr || *bin == '\0') return;
+  {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      throw std::runtime_error("no free port for versitygw");
+    }
+    port_ = ntohs(a.sin_port);
+    ::close(fd);
+  }
+  const std::string listen = "127.0.0.1:" + std::to_string(port_);
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, 1);
+    ::dup2(devnull, 2);
+    ::execl(bin, bin, "--access", kAccess, "--secret", kSecret, "--region", region_.c_str(), "--port", listen.c_str(),
+            "--keep-alive", "--quiet", "posix", root_.path().c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  for (int i = 0; i < 500; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port_));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const bool up = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    if (up) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  throw std::runtime_error("versitygw did not start on " + listen);
+}
+
+S3Server::~S3Server() {
+  if (pid_ > 0) {
+    ::kill(pid_, SIGTERM);
+    ::waitpid(pid_, nullptr, 0);
+  }
+}
+
+std::string S3Server::endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+namespace {
+HttpResponse S3Call(const std::string& region, const std::string& method, const std::string& url,
+                    const std::string& body) {
+  HttpClient client(HttpOptions{});
+  HttpRequest r;
+  r.method = method;
+  r.url = url;
+  r.body = body;
+  r.headers = {"x-amz-content-sha256: UNSIGNED-PAYLOAD", "Content-Type: application/octet-stream"};
+  r.auth.kind = HttpAuth::Kind::kSigV4;
+  r.auth.access_key_id = S3Server::kAccess;
+  r.auth.secret_access_key = S3Server::kSecret;
+  r.auth.region = region;
+  HttpResponse resp = client.Perform(r);
+  if (resp.status != 200) throw std::runtime_error(method + " " + url + ": HTTP " + std::to_string(resp.status) + " " + resp.body);
+  return resp;
+}
+}  // namespace
+
+void S3Server::MakeBucket(const std::string& bucket) { S3Call(region_, "PUT", endpoint() + "/" + bucket, ""); }
+
+void S3Server::Put(const std::string& bucket, const std::string& key, const std::string& bytes) {
+  S3Call(region_, "PUT", endpoint() + "/" + bucket + "/" + key, bytes);
+}
+
+void S3Server::PutMultipart(const std::string& bucket, const std::string& key, const std::vector<std::string>& parts) {
+  const std::string url = endpoint() + "/" + bucket + "/" + key;
+  // Query strings written in SigV4's canonical form ("uploads=", sorted, encoded): libcurl signs them as sent.
+  Result<XmlElement> created = ParseXml(S3Call(region_, "POST", url + "?uploads=", "").body);
+  if (!created.ok() || created->ChildText("UploadId").empty()) throw std::runtime_error("CreateMultipartUpload: no UploadId");
+  const std::string id = UriEncode(created->ChildText("UploadId"), false);
+  std::string complete = "<CompleteMultipartUpload>";
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const std::string n = std::to_string(i + 1);
+    HttpResponse part = S3Call(region_, "PUT", url + "?partNumber=" + n + "&uploadId=" + id, parts[i]);
+    complete += "<Part><PartNumber>" + n + "</PartNumber><ETag>" + part.Header("etag") + "</ETag></Part>";
+  }
+  complete += "</CompleteMultipartUpload>";
+  S3Call(region_, "POST", url + "?uploadId=" + id, complete);
 }
 
 }  // namespace loom::testing

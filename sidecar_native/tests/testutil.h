@@ -92,7 +92,10 @@ class FileServer {
   std::string Url(const std::string& name) const;  // http://127.0.0.1:PORT/files/NAME
   int port() const { return port_; }
 
-  std::atomic<int> fail_next_gets{0};  // answer this many GETs with 503 first
+  std::atomic<int> fail_next_gets{0};  // answer this many GETs with fail_status first
+  std::atomic<int> fail_status{503};
+  std::atomic<int> retry_after_s{-1};  // a Retry-After header on those answers when >= 0
+  std::atomic<int> heads{0};
   std::atomic<bool> refuse_head{false};
   std::atomic<bool> ignore_if_match{false};  // as some servers and proxies do
   std::atomic<bool> weak_etag{false};        // W/"..." (If-Match never matches a weak tag)
@@ -108,6 +111,36 @@ class FileServer {
   struct Impl;
   std::unique_ptr<Impl> impl_;
   int port_ = 0;
+};
+
+// A real S3 server: Versity's S3 gateway (versitygw, built by scripts/build_versitygw.sh) serving
+// a temporary directory on a free loopback port, signature checks on (SigV4 scoped to `region`;
+// "auto" is what GCS's XML API expects of HMAC keys), keep-alive on. The binary is
+// $LOOM_VERSITYGW; available() is false when it is not set.
+class S3Server {
+ public:
+  static constexpr char kAccess[] = "LOOMTESTACCESS";
+  static constexpr char kSecret[] = "loom-test-secret-key-1234567890";
+  explicit S3Server(std::string region = "us-east-1");
+  ~S3Server();
+  S3Server(const S3Server&) = delete;
+  S3Server& operator=(const S3Server&) = delete;
+  bool available() const { return pid_ > 0; }
+  std::string endpoint() const;  // http://127.0.0.1:PORT
+  int port() const { return port_; }
+  // A bucket (a top-level folder) and objects written through the S3 API (so they get ETags).
+  void MakeBucket(const std::string& bucket);
+  void Put(const std::string& bucket, const std::string& key, const std::string& bytes);
+  // The same through a multipart upload of these parts (all but the last >= 5 MiB, as S3 wants):
+  // the object's ETag is then "<md5 of the parts' md5s>-N".
+  void PutMultipart(const std::string& bucket, const std::string& key, const std::vector<std::string>& parts);
+  const std::string& region() const { return region_; }
+
+ private:
+  std::string region_;
+  TempDir root_{"/tmp"};
+  int port_ = 0;
+  int pid_ = -1;
 };
 
 }  // namespace loom::testing

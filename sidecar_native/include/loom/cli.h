@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "loom/http_source.h"
+#include "loom/object_store.h"
 #include "loom/stager.h"
 #include "loom/status.h"
 
@@ -28,6 +29,7 @@ struct CliOptions {
   std::vector<std::string> files;                // inspect
   StageOptions stage;
   HttpOptions http;
+  StoreOptions stores;
   bool o_direct = false;
   bool json = false;
   bool exit_on_failure = true;  // serve: exit with the failure's code when a configured model fails

@@ -23,6 +23,8 @@ enum class StatusCode {
   kNotFound,            // a named model or entry is not known here (exit 6)
   kFailedPrecondition,  // the operation does not fit the current state (exit 7)
   kSourceChanged,       // the source was replaced while it was being read (exit 8)
+  kPermissionDenied,    // the source refused the credentials, or there were none (exit 9)
+  kThrottled,           // the source kept throttling past the retry budget (exit 10)
   kInternal,            // a bug (exit 1)
 };
 
@@ -41,6 +43,8 @@ class Status {
     return {StatusCode::kFailedPrecondition, std::move(msg)};
   }
   static Status SourceChanged(std::string msg) { return {StatusCode::kSourceChanged, std::move(msg)}; }
+  static Status PermissionDenied(std::string msg) { return {StatusCode::kPermissionDenied, std::move(msg)}; }
+  static Status Throttled(std::string msg) { return {StatusCode::kThrottled, std::move(msg)}; }
   static Status Internal(std::string msg) { return {StatusCode::kInternal, std::move(msg)}; }
   // An IOError / Unavailable carrying strerror(err) after `what`.
   static Status FromErrno(std::string_view what, int err);
@@ -62,7 +66,8 @@ class Status {
 // Short stable name of a code ("invalid_model"), used in metrics labels and JSON.
 std::string_view CodeName(StatusCode code);
 // The process exit code for a status: 0 ok, 1 internal, 2 invalid model, 3 source unreachable,
-// 4 no space, 5 I/O error, 6 not found, 7 failed precondition, 8 source changed, 64 usage.
+// 4 no space, 5 I/O error, 6 not found, 7 failed precondition, 8 source changed, 9 forbidden,
+// 10 throttled, 64 usage.
 int ExitCodeFor(const Status& status);
 
 // A value or the Status explaining why there is none.
