@@ -116,7 +116,7 @@ INVALID = [
     pytest.param(
         "InferenceService",
         _set("model.uri", "bucket/model.safetensors"),
-        "model.uri must be an absolute path or an http(s):// URL",
+        "model.uri must be an absolute path or a URI: http(s)://HOST/PATH, s3://BUCKET[/KEY]",
         id="isvc-relative-uri",
     ),
     pytest.param("InferenceService", _set("model.format", "onnx"), "spec.model.format", id="isvc-bad-format"),

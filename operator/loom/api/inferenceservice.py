@@ -65,18 +65,96 @@ class ServicePhase(StrEnum):
     FAILED = "Failed"
 
 
+# model.uri: a path in the pod, or a URI of one of these schemes (the sidecar reads all but pvc://,
+# which the operator mounts read-only and hands over as a path). One RE2/Python regex, so the
+# API server's CEL rule and the tests agree.
+MODEL_URI_SCHEMES = ("http://", "https://", "s3://", "gs://", "hf://", "pvc://")
+MODEL_URI_PATTERN = (
+    r"^(/"
+    r"|https?://[^/?#]+"
+    r"|(s3|gs)://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/|$)"
+    r"|hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[^/@ ]+)?(/|$)"
+    r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/|$))"
+)
+MODEL_URI_MESSAGE = (
+    "model.uri must be an absolute path or a URI: http(s)://HOST/PATH, s3://BUCKET[/KEY], "
+    "gs://BUCKET[/KEY], hf://ORG/REPO[@REVISION][/PATH] or pvc://CLAIM[/PATH]"
+)
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+class ModelCredentials(KubeModel):
+    """Where the sidecar's credentials for model.uri come from; only names, never values."""
+
+    model_config = cel(
+        {
+            "rule": "has(self.secretName) != has(self.serviceAccountName)",
+            "message": "model.credentials takes exactly one of secretName or serviceAccountName",
+        }
+    )
+
+    secretName: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="A Secret in the service's namespace, given to the sidecar only: its keys become "
+        "environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, "
+        "GCS_ACCESS_KEY_ID, GCS_SECRET_ACCESS_KEY, HF_TOKEN) and files under "
+        "/var/run/loom/model-credentials; a key `credentials` is read as an AWS shared credentials file "
+        "(profile AWS_PROFILE, default `default`).",
+    )
+    serviceAccountName: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="The pods run as this ServiceAccount: EKS IRSA (AWS_ROLE_ARN + "
+        "AWS_WEB_IDENTITY_TOKEN_FILE, exchanged through STS) or GKE Workload Identity.",
+    )
+
+
 class ModelSpec(KubeModel):
+    model_config = cel(
+        {
+            "rule": "!has(self.region) || self.uri.startsWith('s3://')",
+            "message": "model.region applies to s3:// URIs only",
+        },
+        {
+            "rule": "!has(self.endpoint) || self.uri.matches('^(s3|gs|hf)://')",
+            "message": "model.endpoint applies to s3://, gs:// and hf:// URIs only",
+        },
+    )
+
     uri: str = Field(
         min_length=1,
-        description="Where the weights are: a path inside the pod (file or directory), or an http(s) URL.",
+        max_length=2048,
+        description="Where the weights are: a path inside the pod (file or directory), an http(s) URL, "
+        "an object store URI (s3://BUCKET/KEY, gs://BUCKET/KEY, hf://ORG/REPO[@REVISION][/PATH]) or "
+        "pvc://CLAIM[/PATH] (the claim is mounted read-only into the sidecar). A URI that does not end in "
+        ".safetensors or .json is a prefix: its model.safetensors.index.json, else every .safetensors "
+        "object directly under it.",
         json_schema_extra={
             "x-kubernetes-validations": [
+                {"rule": f"self.matches('{MODEL_URI_PATTERN}')", "message": MODEL_URI_MESSAGE},
                 {
-                    "rule": "self.startsWith('/') || self.startsWith('http://') || self.startsWith('https://')",
-                    "message": "model.uri must be an absolute path or an http(s):// URL",
-                }
+                    "rule": "!self.startsWith('pvc://') || !self.matches('/[.][.](/|$)')",
+                    "message": "a pvc:// model.uri must not climb out of its claim with '..'",
+                },
             ]
         },
+    )
+    credentials: ModelCredentials | None = Field(
+        default=None, description="Credentials for model.uri (none: anonymous, or the node's own)."
+    )
+    endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#]+/?$",
+        description="An S3-compatible endpoint for s3:// (MinIO, Ceph, R2; path-style addressing), "
+        "the GCS XML API for gs://, or a Hugging Face hub mirror for hf://. Default: the public service.",
+    )
+    region: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]{1,32}$",
+        description="The S3 signing region (default: AWS_REGION in the Secret, else us-east-1).",
     )
     name: str | None = Field(
         default=None,

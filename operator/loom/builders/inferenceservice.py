@@ -28,6 +28,7 @@ from loom.api.inferenceservice import (
     InferenceServiceSpec,
 )
 from loom.builders.common import owner_reference, recommended_labels
+from loom.builders.model_sources import PVC_VOLUME, sidecar_source
 
 SIDECAR_PORT = 8470
 DEFAULT_SIDECAR_IMAGE = "ghcr.io/loom-ml/loom-sidecar:0.1.0"
@@ -157,7 +158,8 @@ def sidecar_container(isvc: InferenceService, sidecar: SidecarConfig) -> dict[st
             "failureThreshold": failures,
         }
 
-    return {
+    source = sidecar_source(isvc.spec.model)
+    container: dict[str, Any] = {
         "name": SIDECAR_CONTAINER,
         "image": sidecar.image,
         "restartPolicy": "Always",
@@ -168,7 +170,8 @@ def sidecar_container(isvc: InferenceService, sidecar: SidecarConfig) -> dict[st
             MODEL_DIR,
             "--listen",
             f"0.0.0.0:{SIDECAR_PORT}",
-            f"{model_name(isvc)}={isvc.spec.model.uri}",
+            *source.flags,
+            f"{model_name(isvc)}={source.uri}",
         ],
         "ports": [{"name": "loom-sidecar", "containerPort": SIDECAR_PORT, "protocol": "TCP"}],
         # /readyz answers 200 once the model is staged: until then the serving container does not
@@ -176,7 +179,7 @@ def sidecar_container(isvc: InferenceService, sidecar: SidecarConfig) -> dict[st
         "startupProbe": probe("/readyz", STARTUP_PROBE_PERIOD_SECONDS, probe_threshold),
         "readinessProbe": probe("/readyz", 10, 3),
         "livenessProbe": probe("/healthz", 10, 6),
-        "volumeMounts": [{"name": MODEL_VOLUME, "mountPath": MODEL_DIR}],
+        "volumeMounts": [{"name": MODEL_VOLUME, "mountPath": MODEL_DIR}, *source.mounts],
         # Exit codes 2/3/4 come with a one-line reason on stderr; the kubelet keeps it as the message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # The staged pages are written (and so charged) by the sidecar: it requests the model's memory.
@@ -185,6 +188,11 @@ def sidecar_container(isvc: InferenceService, sidecar: SidecarConfig) -> dict[st
             "limits": {"memory": memory},
         },
     }
+    if source.env:
+        container["env"] = source.env
+    if source.env_from:
+        container["envFrom"] = source.env_from
+    return container
 
 
 def _with_env(container: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -226,11 +234,16 @@ def pod_template(isvc: InferenceService, revision: str, sidecar: SidecarConfig) 
         limits["memory"] = format_bytes(parse_quantity(limits["memory"]) + size)
     others = [c for c in pod_spec.get("initContainers", []) if c.get("name") != SIDECAR_CONTAINER]
     pod_spec["initContainers"] = [sidecar_container(isvc, sidecar), *others]
-    volumes = [v for v in pod_spec.get("volumes", []) if v.get("name") != MODEL_VOLUME]
+    source = sidecar_source(isvc.spec.model)
+    ours = {MODEL_VOLUME, PVC_VOLUME, *(v["name"] for v in source.volumes)}
+    volumes = [v for v in pod_spec.get("volumes", []) if v.get("name") not in ours]
     pod_spec["volumes"] = [
         *volumes,
         {"name": MODEL_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": format_bytes(size)}},
+        *source.volumes,
     ]
+    if source.service_account:
+        pod_spec["serviceAccountName"] = source.service_account
     if isvc.spec.health.replaceOnUnhealthyGPU:
         _avoid_unhealthy_gpus(pod_spec)
     return template

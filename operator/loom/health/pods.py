@@ -40,6 +40,15 @@ SIDECAR_EXIT_CODES: Mapping[int, tuple[str, str]] = {
         "model.uri was replaced while the sidecar staged it; the sidecar restarts and stages the new "
         "version (publish new weights under a new URI to roll them out as a revision)",
     ),
+    9: (
+        "SourceForbidden",
+        "the store refused the sidecar's credentials for model.uri (or there were none); check "
+        "model.credentials and what they may read",
+    ),
+    10: (
+        "SourceThrottled",
+        "the store kept throttling the sidecar past its retries; it restarts and tries again",
+    ),
 }
 _STARTUP_KILL_CODES = {137, 143}  # SIGKILL / SIGTERM from the kubelet when the startup probe gave up
 _IMAGE_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
