@@ -24,7 +24,7 @@ import pytest
 from e2e.conftest import NAMESPACE_PREFIX
 from e2e.gangs import GangSampler
 from e2e.pools import POOL_LABEL, Pool, gpu_pool
-from e2e.support import ROOT, Operator, apply_yaml, kubectl, wait_for
+from e2e.support import ROOT, Operator, apply_yaml, kubectl, wait_established, wait_for
 from e2e.test_trainingjob import job_manifest
 
 pytestmark = pytest.mark.timeout(600)
@@ -74,7 +74,7 @@ def side(
     try:
         assert _serves_pod_groups() is not served
         kubectl("apply", "--server-side", "--force-conflicts", "-k", str(ROOT / "crds"))
-        kubectl("wait", "--for=condition=Established", "crd/trainingjobs.loom.ml", "--timeout=60s")
+        wait_established("trainingjobs.loom.ml")
         log = tmp_path_factory.mktemp("other-operator") / "operator.log"
         op = Operator(log, env={"KUBECONFIG": other}, args=["--namespace", f"{NAMESPACE_PREFIX}*"])
         op.start()
