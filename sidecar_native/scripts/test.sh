@@ -9,7 +9,7 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-8}
 [[ -x $PYTHON ]] || die "no Python venv at $REPO_ROOT/.venv (run: make venv)"
 
 bin=$("$SIDECAR_DIR/scripts/build.sh" asan | tail -1)
-# The real S3 server of the S3 tests (GoogleTest and pytest): built once per machine, ~2-5 min cold.
+# The real S3 server of the S3 tests (GoogleTest and pytest): built once per machine, ~4 min cold on 2 cores.
 LOOM_VERSITYGW=$("$SIDECAR_DIR/scripts/build_versitygw.sh" | tail -1)
 export LOOM_VERSITYGW
 bdir=$(dirname "$bin")
