@@ -49,7 +49,8 @@ fi
 kubectl apply --server-side --force-conflicts -k crds/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 stop_operator
-nohup .venv/bin/loom run --metrics-port 18080 --liveness-port 18081 > "$DEMO/operator.log" 2>&1 &
+# Only the demo namespace: the e2e suite (make test) runs its own operator on the same cluster.
+nohup .venv/bin/loom run --namespace "$NS" --metrics-port 18080 --liveness-port 18081 > "$DEMO/operator.log" 2>&1 &
 echo $! > "$DEMO/operator.pid"
 healthy=false
 for _ in $(seq 1 150); do
@@ -132,7 +133,7 @@ echo
 echo "== feature pipeline user-clicks (KWOK runs no containers: its runs ran on this host)"
 kubectl get lfp user-clicks -n "$NS" \
   -o custom-columns='NAME:.metadata.name,PHASE:.status.phase,WATERMARK:.status.watermark,ROWS:.status.rowsWritten,BACKFILL:.status.backfill.succeeded,LAST-RUN:.status.lastRun.message'
-tail -n 3 "$DEMO/feature-runner.log" | cut -c1-200
+grep -v '"progress"' "$DEMO/feature-runner.log" | grep -v 'loom features stream started' | tail -n 3 | cut -c1-200
 echo
 echo "== online features of user 42: redis-cli -p $REDIS_PORT HGETALL user:42"
 redis-cli -p "$REDIS_PORT" HGETALL user:42

@@ -275,7 +275,11 @@ class FeaturePipelineStatus(KubeModel):
         default=None, description="Event time up to which every window has been written."
     )
     lastSuccessfulRun: datetime | None = Field(default=None, description="When the last good run finished.")
-    rowsWritten: int = Field(default=0, description="Rows written by all runs seen so far.")
+    rowsWritten: int | None = Field(
+        default=None,
+        description="Rows written by all runs seen so far (batch; a stream's consumers export theirs as the "
+        "metric loom_feature_rows_written_total).",
+    )
     newestEventTime: datetime | None = Field(default=None, description="Newest event time written.")
     freshnessSeconds: float | None = Field(default=None, description="Now minus newestEventTime.")
     lastRun: RunStatus | None = None

@@ -165,7 +165,10 @@ def _conditions(
     if spec.mode == PipelineMode.STREAMING:
         want = 0 if spec.suspend else spec.streaming.consumers
         consumers = status.consumers or 0
-        text = f"{consumers}/{want} consumers ready"
+        text = (
+            f"{consumers}/{want} consumers ready; rows written and freshness are the consumers' metrics "
+            "loom_feature_rows_written_total and loom_feature_freshness_seconds"
+        )
         ok = consumers >= want
         out.append(
             _condition(prev, "Ready", ok, "ConsumersReady" if ok else "ConsumersNotReady", text, gen, now)
@@ -230,7 +233,7 @@ def build_status(
     """The new status, and the runs it records for the first time (oldest first)."""
     new = newly_finished(previous, o.runs)
     existing = {r.name for r in o.runs}
-    rows = previous.rowsWritten + sum(r.summary.rows_out or 0 for r in new if r.summary)
+    rows = (previous.rowsWritten or 0) + sum(r.summary.rows_out or 0 for r in new if r.summary)
     successes = [r for r in new if r.phase == RunPhase.SUCCEEDED]
     newest = max(
         [
@@ -260,6 +263,7 @@ def build_status(
     )
     if pipeline.spec.mode == PipelineMode.STREAMING:
         status.consumers = int(((o.stream or {}).get("status") or {}).get("readyReplicas") or 0)
+        status.rowsWritten = None  # not known here: each consumer counts its own (metrics, progress lines)
     status.phase = _phase(pipeline, o, last, bf)
     status.conditions = _conditions(pipeline, previous, o, status, now)
     readiness.featurepipeline(status, previous.conditions, pipeline.metadata.get("generation"), now)
