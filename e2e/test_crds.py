@@ -256,7 +256,7 @@ def test_printer_columns_and_short_names(namespace: str) -> None:
     for path in EXAMPLES:
         kubectl("apply", "--server-side", "-n", namespace, "-f", str(path))
     expected = {
-        "ltj": ["NAME", "PHASE", "REPLICAS", "READY", "RESTARTS", "AGE"],
+        "ltj": ["NAME", "PHASE", "REPLICAS", "READY", "RESTARTS", "GANG", "AGE"],
         "lis": ["NAME", "PHASE", "MODEL", "REPLICAS", "READY", "AGE"],
         "lfp": ["NAME", "PHASE", "ENGINE", "WATERMARK", "ROWS", "AGE"],
     }
