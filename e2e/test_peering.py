@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from e2e.install import PEERING_CRD
 from e2e.support import (
     Operator,
     apply_yaml,
@@ -27,24 +28,6 @@ from e2e.support import (
 pytestmark = pytest.mark.timeout(240)
 
 PEERING = "loom-e2e"
-PEERING_CRD = """
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: kopfpeerings.kopf.dev}
-spec:
-  scope: Namespaced
-  group: kopf.dev
-  names: {kind: KopfPeering, plural: kopfpeerings, singular: kopfpeering}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          status: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"""
 
 
 def _sum(text: str, name: str, **labels: str) -> float:
